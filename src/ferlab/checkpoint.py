@@ -1,0 +1,109 @@
+"""Saving and loading weights and training state, safely and atomically.
+
+Weights are safetensors files whose metadata names the architecture (`model`, `model_kwargs`,
+`classes`), so `load_model` rebuilds a model from the file alone. Training state (optimizer,
+scheduler, RNG, callbacks) goes to a torch file read back with `weights_only=True`. Every write
+goes to a temporary file in the same directory and is renamed into place, so a killed process
+leaves either the old file or the new one, never half of one.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ferlab.errors import FerlabError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def atomic_write(path, write) -> None:
+    """Call write(tmp_path) and rename the result onto path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_weights(path, model: torch.nn.Module, meta: dict) -> None:
+    """Write the model's state dict as safetensors with `meta` (JSON-able) in the header."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"ferlab": json.dumps(meta)}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
+
+
+def load_weights(path) -> tuple[dict, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FerlabError(f"{path}: no such weights file")
+    try:
+        state = load_file(str(path))
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("ferlab", "{}"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FerlabError(f"{path}: not a readable safetensors weights file ({e})") from None
+    return state, meta
+
+
+def resolve_weights(spec: str) -> Path:
+    """A bundled model name ('default'), a run directory (its best weights) or a weights file."""
+    path = Path(spec)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise FerlabError(f"{path}: no best.safetensors or last.safetensors in this run directory")
+    if path.suffix == ".safetensors" or path.exists():
+        return path
+    bundled = WEIGHTS_DIR / f"{spec}.safetensors"
+    if bundled.is_file():
+        return bundled
+    known = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+    raise FerlabError(f"{spec}: not a weights file, run directory or bundled model (bundled: {', '.join(known) or 'none'})")
+
+
+def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model from its weights file; returns (model in eval mode, metadata/model card)."""
+    from ferlab.models import create_model
+
+    path = resolve_weights(spec)
+    state, meta = load_weights(path)
+    if "model" not in meta:
+        raise FerlabError(f"{path}: weights file has no ferlab metadata naming its model")
+    model = create_model(meta["model"], **meta.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise FerlabError(f"{path}: weights do not fit model {meta['model']} ({str(e).splitlines()[0]})") from None
+    card_path = path.with_suffix(".json")
+    if card_path.is_file():
+        meta = {**json.loads(card_path.read_text()), **meta}
+    meta["weights_path"] = str(path)
+    return model.to(device).eval(), meta
+
+
+def save_state(path, state: dict) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path) -> dict:
+    """Read a training-state file written by save_state; never unpickles arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for corrupt or foreign files
+        raise FerlabError(f"{path}: not a readable ferlab training checkpoint ({str(e).splitlines()[0][:200]})") from None

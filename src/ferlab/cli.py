@@ -1,0 +1,61 @@
+"""The `ferlab` command: one subcommand per job, each implemented in the module that owns it.
+
+A subcommand module exposes `add_arguments(parser)` and `run(args) -> int`. User errors raise
+FerlabError and are printed here on one line, with exit status 2 and no traceback.
+"""
+
+import argparse
+import importlib
+import sys
+
+from ferlab.errors import FerlabError
+
+# name -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    "demo": ("ferlab.demo", "run ferlab on a bundled example and print the result"),
+    "data": ("ferlab.data.cli", "inspect data sets (ferlab data summary PATH)"),
+    "models": ("ferlab.models.cli", "list the model zoo with parameter counts"),
+    "recipes": ("ferlab.recipes", "list the papers' training recipes"),
+    "train": ("ferlab.train", "train a model"),
+    "evaluate": ("ferlab.evaluate", "evaluate a model and write the report"),
+    "predict": ("ferlab.predict", "recognise expressions in images and folders"),
+    "video": ("ferlab.video", "recognise expressions in a video file"),
+    "webcam": ("ferlab.video", "recognise expressions live from a webcam"),
+    "export": ("ferlab.export", "export a model to ONNX"),
+    "serve": ("ferlab.serve", "run the HTTP service"),
+    "tune": ("ferlab.tune", "hyperparameter search (Optuna)"),
+    "reproduce": ("ferlab.reproduce", "rerun a paper's experiments and write the report"),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition toolkit.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:  # only import the module whose arguments are needed
+            module = importlib.import_module(module_name)
+            adder = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
+            adder(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    args = build_parser(command).parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    runner = getattr(module, f"run_{args.command}", None) or module.run
+    try:
+        return int(runner(args) or 0)
+    except FerlabError as e:
+        print(f"ferlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ferlab {args.command}: interrupted", file=sys.stderr)
+        return 130

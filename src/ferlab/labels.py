@@ -1,0 +1,45 @@
+"""Class names of the data sets ferlab reads, and the maps between them.
+
+FER2013's 7 classes (in its label order) are ferlab's canonical label space. FER+ adds contempt
+(8 classes, plus the annotators' "unknown" and "not a face" columns); CK+ folders use their
+own spellings and include contempt. Every loader maps names through `canonical_name`.
+"""
+
+FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+# Column order of the vote columns in FER+'s fer2013new.csv (Barsoum et al. 2016).
+FERPLUS_CLASSES = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+FERPLUS_VOTE_COLUMNS = FERPLUS_CLASSES + ("unknown", "NF")
+
+# CK+ folder names (CK+48 layout), alphabetical as the data set ships them.
+CKPLUS_CLASSES = ("anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise")
+
+# Spellings found in folder-based data sets, mapped to one canonical name.
+_ALIASES = {
+    "angry": "angry", "anger": "angry",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "scared": "fear",
+    "happy": "happy", "happiness": "happy",
+    "sad": "sad", "sadness": "sad",
+    "surprise": "surprise", "surprised": "surprise",
+    "neutral": "neutral",
+    "contempt": "contempt",
+}
+
+
+def canonical_name(name: str) -> str | None:
+    """Canonical class name for a folder or column name, or None when ferlab does not know it."""
+    return _ALIASES.get(name.strip().lower())
+
+
+def fer2013_index(name: str) -> int | None:
+    """Index in FER2013_CLASSES of a class name in any known spelling; None for contempt/unknown."""
+    canonical = canonical_name(name)
+    return FER2013_CLASSES.index(canonical) if canonical in FER2013_CLASSES else None
+
+
+# FER+ column index -> FER2013 index (contempt has no FER2013 class).
+FERPLUS_TO_FER2013 = {i: fer2013_index(name) for i, name in enumerate(FERPLUS_CLASSES)}
+
+# Canonical 8-class FER+ label space in ferlab's naming (FER2013 order, then contempt).
+FERPLUS8_CLASSES = FER2013_CLASSES + ("contempt",)
