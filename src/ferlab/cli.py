@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except FerlabError as e:
         print(f"ferlab {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"ferlab {args.command}: interrupted", file=sys.stderr)
         return 130

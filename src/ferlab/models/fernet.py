@@ -49,23 +49,25 @@ class FERNet(nn.Module):
         return self.head(self.features((x - 0.5) * 4.0))
 
 
-def _fernet(widths, depths, **kwargs) -> FERNet:
+def _fernet(preset_widths, preset_depths, **kwargs) -> FERNet:
+    """Build a preset; `widths`/`depths` in kwargs override the preset's (e.g. tiny models in tests)."""
+    widths, depths = kwargs.pop("widths", preset_widths), kwargs.pop("depths", preset_depths)
     return FERNet(FERNetConfig(widths=tuple(widths), depths=tuple(depths), **kwargs))
 
 
 @register_model
 def fernet_s(**kwargs) -> FERNet:
-    """1.2M parameters: widths 32-256, two convs per stage."""
+    """FERNet-S (ferlab's own): widths 32-256, two 3x3 convs per stage; the bundled default."""
     return _fernet((32, 64, 128, 256), (2, 2, 2, 2), **kwargs)
 
 
 @register_model
 def fernet_m(**kwargs) -> FERNet:
-    """Widths 48-384, two convs per stage, a third at 12 px."""
+    """FERNet-M (ferlab's own): widths 48-384, two 3x3 convs per stage, three at 12 px."""
     return _fernet((48, 96, 192, 384), (2, 2, 3, 2), **kwargs)
 
 
 @register_model
 def fernet_l(**kwargs) -> FERNet:
-    """Widths 64-512, as VGG-style FER2013 models that reach ~73% after long GPU training."""
+    """FERNet-L (ferlab's own): widths 64-512, VGG-like depth, for long training."""
     return _fernet((64, 128, 256, 512), (2, 2, 3, 3), **kwargs)

@@ -25,6 +25,12 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_description(name: str) -> str:
+    """First line of the model factory's docstring."""
+    doc = _MODELS[name].__doc__ or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _MODELS:
         raise FerlabError(f"unknown model {name!r} (known: {', '.join(list_models())})")

@@ -1,0 +1,74 @@
+"""Training and inference throughput of ferlab's engine for one model, in images/s.
+
+Times `ferlab.train.train_one_epoch` itself (uint8 faces in memory, batched augmentation,
+forward, backward, optimizer step) on synthetic faces, for several precision/layout variants,
+so the before/after of each speed measure is one command:
+
+    python benchmarks/train_speed.py --model triwijoyo2021 --batch-size 64 --steps 20
+
+Prints one JSON line per variant. Compare with the papers' stack side by side:
+    python ../shared/bench/keras_reference.py --batch-size 64 --steps 20   (in a tensorflow-cpu venv)
+"""
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from ferlab.models import count_parameters, create_model
+from ferlab.train import TrainConfig, predict_logits, train_one_epoch
+
+VARIANTS = {
+    "fp32": dict(amp="fp32", channels_last=False),          # plain PyTorch eager
+    "fp32-cl": dict(amp="fp32", channels_last=True),
+    "bf16-cl": dict(amp="bf16", channels_last=True),        # the engine's default on AVX-512 BF16 / AMX CPUs
+}
+
+
+def measure(model_name: str, variant: str, batch_size: int, steps: int, augment: str, optimizer: str) -> dict:
+    torch.manual_seed(0)
+    opts = VARIANTS[variant]
+    cfg = TrainConfig(model=model_name, batch_size=batch_size, optimizer=optimizer, augment=augment, **opts)
+    model = create_model(model_name)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3) if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (batch_size * steps, 48, 48), dtype=np.uint8))
+    labels = torch.from_numpy(rng.integers(0, 7, batch_size * steps))
+    gen = torch.Generator().manual_seed(0)
+    device = torch.device("cpu")
+    warm = 2 * batch_size
+    train_one_epoch(model, opt, images[:warm], labels[:warm], cfg, device=device, gen=gen)
+    t = time.perf_counter()
+    train_one_epoch(model, opt, images, labels, cfg, device=device, gen=gen)
+    train_ips = len(images) / (time.perf_counter() - t)
+    predict_logits(model, images[:256], device=device, amp=cfg.amp, channels_last=cfg.channels_last)
+    t = time.perf_counter()
+    predict_logits(model, images, device=device, amp=cfg.amp, channels_last=cfg.channels_last, batch_size=256)
+    infer_ips = len(images) / (time.perf_counter() - t)
+    return {"framework": f"torch {torch.__version__}", "model": model_name, "params": count_parameters(model, keras_style=True),
+            "variant": variant, "batch_size": batch_size, "augment": augment, "threads": torch.get_num_threads(),
+            "train_images_per_s": round(train_ips, 1), "infer_images_per_s": round(infer_ips, 1)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="triwijoyo2021", help="a registered model, or 'all'")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
+    p.add_argument("--augment", default="none")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    a = p.parse_args()
+    from ferlab.models import list_models
+    names = list_models() if a.model == "all" else a.model.split(",")
+    for name in names:
+        for variant in a.variants.split(","):
+            print(json.dumps(measure(name, variant, a.batch_size, a.steps, a.augment, a.optimizer)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

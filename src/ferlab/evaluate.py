@@ -1,0 +1,109 @@
+"""`ferlab evaluate`: a model's accuracy, macro-F1, per-class precision/recall/F1 and confusion
+matrix on one split, written as report.md / report.json / confusion.png (plus the run's learning
+curves when MODEL is a run directory).
+
+MODEL is a run directory, a weights file or a bundled model name (`default`); several MODELs
+form an ensemble that averages their probabilities. `--tta flip` averages each face with its
+mirror image; `--tta tencrop` averages ten 44x44 crops (corners, centre, and their mirrors)
+resized back to 48x48.
+"""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ferlab.checkpoint import atomic_write_text, load_model
+from ferlab.errors import FerlabError
+
+
+def tencrop(images: torch.Tensor, crop: int = 44) -> list[torch.Tensor]:
+    """Ten views (N, 1, 48, 48) of float images: 4 corners + centre of size crop, and mirrors, resized to 48."""
+    size = images.shape[-1]
+    o = size - crop
+    c = o // 2
+    views = []
+    for y, x in ((0, 0), (0, o), (o, 0), (o, o), (c, c)):
+        v = F.interpolate(images[..., y:y + crop, x:x + crop], size=(size, size), mode="bilinear", align_corners=False)
+        views += [v, v.flip(3)]
+    return views
+
+
+@torch.inference_mode()
+def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size: int = 256,
+                  device="cpu", amp: str = "auto") -> np.ndarray:
+    """Class probabilities (N, C) for uint8 faces (N, 48, 48) with the given test-time augmentation."""
+    from ferlab.train import autocast_dtype, to_input
+
+    device = torch.device(device)
+    dtype = autocast_dtype(amp, device)
+    model.eval()
+    images = torch.from_numpy(np.ascontiguousarray(images_u8))
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], device, channels_last=True)
+        views = {"none": lambda t: [t], "flip": lambda t: [t, t.flip(3)], "tencrop": tencrop}[tta](x)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+        out.append(probs.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", device="cpu") -> tuple[np.ndarray, list[dict]]:
+    """Average probabilities of one or more models (an ensemble); returns (probs, model cards)."""
+    probs, cards = None, []
+    for spec in specs:
+        model, card = load_model(spec, device)
+        p = predict_probs(model, images, tta=tta, device=device)
+        probs = p if probs is None else probs + p
+        cards.append(card)
+    return probs / len(specs), cards
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", nargs="+", help="run directory, weights file or bundled name (several: an ensemble)")
+    p.add_argument("--data", required=True, help="data set (as for ferlab train)")
+    p.add_argument("--ferplus", help="FER+ votes file: evaluate against FER+ majority labels")
+    p.add_argument("--split", default="PrivateTest", help="split(s) to evaluate, comma-separated (default PrivateTest)")
+    p.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none")
+    p.add_argument("--out", type=Path, help="report directory (default: <run dir>/eval-<split>-<tta>, or ./eval-<split>-<tta>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of random splits (FERGIT, folders); must match training")
+
+
+def run(args) -> int:
+    from ferlab.data import load_dataset
+    from ferlab.metrics import classification_report, plot_confusion, report_markdown
+    from ferlab.train import resolve_device
+
+    device = resolve_device(args.device)
+    data = load_dataset(args.data, ferplus=args.ferplus, seed=args.seed)
+    if data.split_names() == ["all"] and args.split != "all":
+        from ferlab.data.splits import stratified_split
+        data.splits = stratified_split(data.labels, (0.9, 0.05, 0.05), seed=args.seed)
+    subset = data.select(args.split)
+    t0 = time.time()
+    probs, cards = evaluate_models(args.model, subset.images, tta=args.tta, device=device)
+    seconds = time.time() - t0
+    model_classes = cards[0].get("classes") or list(data.classes)
+    if list(model_classes) != list(data.classes):
+        raise FerlabError(f"{args.model[0]}: model classes {model_classes} differ from the data's {list(data.classes)}")
+    report = classification_report(subset.labels, probs.argmax(1), data.classes)
+    report.update(model=" + ".join(args.model), data=args.data, split=args.split, tta=args.tta,
+                  seconds=round(seconds, 2), faces_per_s=round(len(subset) / max(seconds, 1e-9), 1))
+    first = Path(args.model[0])
+    out = args.out or ((first if first.is_dir() else Path(".")) / f"eval-{args.split.replace(',', '+')}-{args.tta}")
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{report['model']} on {Path(args.data).name} {args.split} (TTA: {args.tta})"
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", report_markdown(report, title))
+    plot_confusion(report["confusion_matrix"], data.classes, out / "confusion.png", title=title)
+    if first.is_dir() and (first / "curves.png").is_file():
+        shutil.copyfile(first / "curves.png", out / "curves.png")
+    print(report_markdown(report, title))
+    print(f"wrote {out}/report.md, report.json, confusion.png")
+    return 0

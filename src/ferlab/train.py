@@ -1,0 +1,510 @@
+"""The training engine: one loop that runs every paper's protocol and ferlab's own recipe.
+
+Read top to bottom: the config, the pieces it builds (optimizer, schedule, loss, callbacks),
+`train_one_epoch` / `evaluate` in torchvision-reference style, and `fit`, which owns the run
+directory: `config.json`, `metrics.csv`, `last.pt` (full training state, every epoch),
+`best.safetensors` (best validation accuracy) and `curves.png`, all written atomically.
+`--resume` restores model, optimizer, schedule, RNG and callback state from `last.pt`, so a
+killed run ends exactly where an uninterrupted one would.
+
+Data parallel: under `torchrun --nproc-per-node N -m ferlab train ...` each process takes a
+1/N slice of every global batch (gloo on CPU, NCCL on GPUs) and only rank 0 writes files.
+"""
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ferlab.augment import apply_augment, get_augment, sample_params
+from ferlab.checkpoint import atomic_write_text, load_state, save_state, save_weights
+from ferlab.errors import FerlabError
+
+
+@dataclass
+class TrainConfig:
+    model: str = "fernet_s"
+    data: str = ""
+    ferplus: str | None = None          # FER+ votes file: train on FER+ labels
+    targets: str = "hard"               # hard (majority label) | soft (FER+ vote distributions)
+    model_kwargs: dict = field(default_factory=dict)
+    train_splits: str = "auto"          # comma-separated split names; auto: Training / PublicTest / PrivateTest
+    val_splits: str = "auto"
+    test_splits: str = "auto"           # evaluated every epoch for the log only, never for selection
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adam"             # adam | sgd (Nesterov) | nadam | adamw
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"          # constant | plateau | cosine | onecycle
+    warmup_epochs: float = 0.0          # cosine only
+    plateau_monitor: str = "val_acc"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 10
+    min_lr: float = 0.0
+    early_stop_monitor: str = "val_acc"
+    early_stop_patience: int = 0        # 0: off
+    class_weights: str = "none"         # none | balanced
+    label_smoothing: float = 0.0
+    augment: str = "none"               # a preset in ferlab.augment.AUGMENT_PRESETS
+    ema: float = 0.0                    # decay of an exponential moving average of weights; 0: off
+    amp: str = "auto"                   # auto (bf16 where the device supports it) | bf16 | fp32
+    channels_last: bool = True
+    seed: int = 0
+    recipe: str | None = None
+
+    def __post_init__(self):
+        choices = {"optimizer": ("adam", "sgd", "nadam", "adamw"), "schedule": ("constant", "plateau", "cosine", "onecycle"),
+                   "class_weights": ("none", "balanced"), "amp": ("auto", "bf16", "fp32"), "targets": ("hard", "soft"),
+                   "plateau_monitor": ("val_acc", "val_loss"), "early_stop_monitor": ("val_acc", "val_loss")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise FerlabError("--epochs and --batch-size must be >= 1 and --lr > 0")
+        get_augment(self.augment)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices, processes, precision
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FerlabError(f"unknown device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FerlabError("--device cuda requested but CUDA is not available")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware runs it natively (AVX-512 BF16/AMX CPUs, Ampere+ GPUs)."""
+    if amp == "fp32":
+        return None
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if amp == "bf16" and not supported:
+        raise FerlabError(f"--amp bf16 is not supported on this {device.type}")
+    return torch.bfloat16 if supported else None
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import torch.distributed as dist
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
+    if d.world == 1:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer, schedule, loss, callbacks
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on BatchNorm and bias parameters (the usual practice for SGD/AdamW).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":
+        # Keras' Adam epsilon is 1e-7; PyTorch's 1e-8. The difference is negligible in practice.
+        return torch.optim.Adam(groups, lr=cfg.lr, eps=1e-7)
+    if cfg.optimizer == "nadam":
+        return torch.optim.NAdam(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """Returns (scheduler or None, True if it steps every batch)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+                                                   div_factor=25.0, final_div_factor=1e3), True
+    if cfg.schedule == "cosine":
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        floor = cfg.min_lr / cfg.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), True
+    if cfg.schedule == "plateau":
+        mode = "max" if cfg.plateau_monitor == "val_acc" else "min"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience, min_lr=cfg.min_lr), False
+    return None, False
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """n_samples / (n_classes * count_c), as scikit-learn's 'balanced' (what Keras users pass)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    weights[counts == 0] = 0.0
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+class EarlyStopping:
+    """Stop when the monitored value has not improved for `patience` epochs (Keras semantics)."""
+
+    def __init__(self, monitor: str, patience: int):
+        self.monitor, self.patience = monitor, patience
+        self.best, self.bad_epochs = None, 0
+
+    def step(self, metrics: dict) -> bool:
+        value = metrics[self.monitor]
+        better = self.best is None or (value > self.best if self.monitor == "val_acc" else value < self.best)
+        if better:
+            self.best, self.bad_epochs = value, 0
+        else:
+            self.bad_epochs += 1
+        return self.patience > 0 and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.bad_epochs = state["best"], state["bad_epochs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch of training, one pass of evaluation
+
+def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 48, 48) -> float (B, 1, 48, 48) in [0, 1] on the device."""
+    x = images_u8.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, device, gen, scheduler=None,
+                    step_scheduler=False, class_weights=None, ema=None, dist=Dist(), desc="train") -> dict:
+    """One pass over the training set in a seeded random order; returns mean loss and accuracy."""
+    model.train()
+    augment = get_augment(cfg.augment)
+    dtype = autocast_dtype(cfg.amp, device)
+    order = torch.randperm(len(images), generator=gen)
+    n_batches = math.ceil(len(order) / cfg.batch_size)
+    weight = None if class_weights is None else class_weights.to(device)
+    loss_sum = correct = seen = 0.0
+    bar = tqdm(range(n_batches), desc=desc, leave=False, disable=not dist.main, mininterval=1 if sys.stderr.isatty() else 30)
+    for b in bar:
+        batch = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        params = sample_params(augment, len(batch), gen)  # drawn for the global batch on every rank
+        local = slice(dist.rank, None, dist.world)
+        batch = batch[local]
+        x = apply_augment(augment, to_input(images[batch], device, cfg.channels_last), {k: v[local] for k, v in params.items()})
+        y = targets[batch].to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        if step_scheduler:
+            scheduler.step()
+        hard = y if y.ndim == 1 else y.argmax(1)
+        loss_sum += loss.item() * len(batch)
+        correct += (logits.argmax(1) == hard).sum().item()
+        seen += len(batch)
+        if b % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], dist)
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+
+
+@torch.inference_mode()
+def predict_logits(model, images: torch.Tensor, *, device, batch_size: int = 256, amp: str = "auto",
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits (N, C) float32 for uint8 images (N, 48, 48)."""
+    model.eval()
+    dtype = autocast_dtype(amp, device)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = to_input(images[start:start + batch_size], device, channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def evaluate(model, images, labels, *, device, cfg: TrainConfig, class_weights=None, dist=Dist()) -> dict:
+    """Loss and accuracy on a split; each rank takes a 1/N slice and the sums are combined."""
+    images, labels = images[dist.rank::dist.world], labels[dist.rank::dist.world]
+    logits = predict_logits(model, images, device=device, amp=cfg.amp, channels_last=cfg.channels_last)
+    loss = F.cross_entropy(logits, labels, weight=class_weights, reduction="sum").item() if len(labels) else 0.0
+    correct = (logits.argmax(1) == labels).sum().item() if len(labels) else 0
+    loss, correct, n = all_reduce_sum([loss, correct, len(labels)], dist)
+    return {"loss": loss / max(n, 1), "acc": correct / max(n, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data for a run
+
+def default_splits(split_names: list[str]) -> tuple[str, str, str]:
+    if "Training" in split_names:
+        return "Training", "PublicTest", "PrivateTest"
+    if "train" in split_names:
+        val = "val" if "val" in split_names else "test"
+        return "train", val, "test" if "test" in split_names and val != "test" else ""
+    return "", "", ""
+
+
+def load_run_data(cfg: TrainConfig):
+    """Returns (dataset, train, val, test-or-None) FaceDatasets for the config."""
+    from ferlab.data import load_dataset
+
+    data = load_dataset(cfg.data, ferplus=cfg.ferplus, seed=cfg.seed)
+    names = data.split_names()
+    if names == ["all"]:  # a plain <class>/ folder: seeded stratified 90/5/5 split
+        from ferlab.data.splits import stratified_split
+        data.splits = stratified_split(data.labels, (0.9, 0.05, 0.05), seed=cfg.seed)
+        names = data.split_names()
+    auto = default_splits(names)
+    train_s = auto[0] if cfg.train_splits == "auto" else cfg.train_splits
+    val_s = auto[1] if cfg.val_splits == "auto" else cfg.val_splits
+    test_s = auto[2] if cfg.test_splits == "auto" else cfg.test_splits
+    if not train_s or not val_s:
+        raise FerlabError(f"{cfg.data}: cannot tell which splits to train and validate on (have: {', '.join(names)}); "
+                          "pass --train-splits and --val-splits")
+    return data, data.select(train_s), data.select(val_s), data.select(test_s) if test_s else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "time_s"]
+
+
+def weights_meta(cfg: TrainConfig, classes, epoch: int, metrics: dict) -> dict:
+    return {"model": cfg.model, "model_kwargs": {**cfg.model_kwargs, "num_classes": len(classes)},
+            "classes": list(classes), "epoch": epoch, "val_acc": metrics["val_acc"], "recipe": cfg.recipe,
+            "input": {"size": 48, "channels": 1, "scale": "pixels / 255"}}
+
+
+def write_metrics(out: Path, history: list[dict], cfg: TrainConfig) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(out / "metrics.csv", buf.getvalue())
+    from ferlab.metrics import plot_curves
+    plot_curves(history, out / "curves.png", title=f"{cfg.recipe or cfg.model} on {Path(cfg.data).name}")
+
+
+def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto", log=print) -> list[dict]:
+    """Train per cfg into run directory `out`; returns the per-epoch metrics history."""
+    from ferlab.models import create_model
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    device = resolve_device(device)
+    d = init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    data, train, val, test = load_run_data(cfg)
+    classes = data.classes
+    images = torch.from_numpy(train.images)
+    if cfg.targets == "soft":
+        if train.soft_labels is None:
+            raise FerlabError(f"{cfg.data}: --targets soft needs vote distributions (pass --ferplus)")
+        targets = torch.from_numpy(train.soft_labels.astype(np.float32))
+    else:
+        targets = torch.from_numpy(train.labels.astype(np.int64))
+    val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels.astype(np.int64))
+
+    model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(classes)}).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    ddp_model = model
+    if d.world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(cfg, model)
+    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    scheduler, step_scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
+    weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
+    stopper = EarlyStopping(cfg.early_stop_monitor, cfg.early_stop_patience)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history, best_acc, start_epoch = [], -1.0, 0
+
+    if resume:
+        state = load_state(out / "last.pt")
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise FerlabError(f"{out / 'last.pt'}: checkpoint does not match this model/optimizer ({str(e).splitlines()[0][:160]})") from None
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        stopper.load_state_dict(state["early_stopping"])
+        gen.set_state(state["rng"]["generator"])
+        torch.set_rng_state(state["rng"]["torch"])
+        history, best_acc, start_epoch = state["history"], state["best_acc"], state["epoch"]
+        if d.main:
+            log(f"resumed {out} after epoch {start_epoch}")
+
+    eval_model = ema.module if ema is not None else model
+    if d.main:
+        log(f"training {cfg.model} on {len(images)} faces ({train.split_names()}), validating on {len(val_images)} "
+            f"({val.split_names()}); {steps_per_epoch} steps/epoch on {device}, {d.world} process(es), "
+            f"autocast {autocast_dtype(cfg.amp, device)}")
+    stopped = bool(history) and history[-1].get("stopped", False)
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        if stopped:
+            break
+        t0 = time.time()
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(train_one_epoch(ddp_model, optimizer, images, targets, cfg, device=device, gen=gen, scheduler=scheduler,
+                                   step_scheduler=step_scheduler, class_weights=weights, ema=ema, dist=d,
+                                   desc=f"epoch {epoch}/{cfg.epochs}"))
+        if ema is not None and d.world > 1:
+            pass  # every rank holds identical weights after the DDP step, so its EMA is identical too
+        v = evaluate(eval_model, val_images, val_labels, device=device, cfg=cfg, class_weights=weights, dist=d)
+        row.update(val_loss=v["loss"], val_acc=v["acc"])
+        if test is not None:
+            t = evaluate(eval_model, torch.from_numpy(test.images), torch.from_numpy(test.labels.astype(np.int64)),
+                         device=device, cfg=cfg, dist=d)
+            row["test_acc"] = t["acc"]
+        if scheduler is not None and not step_scheduler:
+            scheduler.step(row[cfg.plateau_monitor])
+        stopped = stopper.step(row)
+        row["time_s"] = time.time() - t0
+        row["stopped"] = stopped
+        history.append(row)
+        if d.main:
+            if row["val_acc"] > best_acc:
+                best_acc = row["val_acc"]
+                save_weights(out / "best.safetensors", eval_model, weights_meta(cfg, classes, epoch, row))
+            save_state(out / "last.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
+                "early_stopping": stopper.state_dict(), "epoch": epoch, "best_acc": best_acc, "history": history,
+                "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}, "config": asdict(cfg),
+            })
+            write_metrics(out, history, cfg)
+            test_part = f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else ""
+            log(f"epoch {epoch}: lr {row['lr']:.3g} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
+                f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}{test_part} ({row['time_s']:.0f}s)"
+                + (" - early stop" if stopped else ""))
+    if d.world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
+    return history
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Every option defaults to None so we can tell "given" from "not given": recipe < explicit.
+    p.add_argument("--recipe", help="a paper's protocol (see `ferlab recipes`)")
+    p.add_argument("--model", help="model name (see `ferlab models`)")
+    p.add_argument("--data", help="data set: FER2013 CSV, image folder, or fergit:CSV,DIR")
+    p.add_argument("--ferplus", help="FER+ votes file (fer2013new.csv): train on FER+ labels")
+    p.add_argument("--targets", choices=["hard", "soft"])
+    p.add_argument("--out", type=Path, help="run directory (default ~/ferlab-runs/<recipe-or-model>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
+    p.add_argument("--model-kwargs", type=json.loads, help='JSON, e.g. \'{"dropout": 0.4}\'')
+    for f in fields(TrainConfig):
+        if f.name in ("model", "data", "ferplus", "targets", "model_kwargs", "recipe"):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None)
+
+
+def config_from_args(args) -> tuple[TrainConfig, Path]:
+    from ferlab.recipes import get_recipe
+
+    explicit = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                if getattr(args, f.name, None) is not None and f.name != "recipe"}
+    out = args.out
+    if args.resume:
+        if out is None:
+            raise FerlabError("--resume needs --out RUNDIR")
+        saved_path = out / "config.json"
+        if not saved_path.is_file() or not (out / "last.pt").is_file():
+            raise FerlabError(f"{out}: nothing to resume (no config.json and last.pt)")
+        saved = json.loads(saved_path.read_text())
+        if args.recipe and args.recipe != saved.get("recipe"):
+            explicit["recipe"] = args.recipe
+        changed = {k: v for k, v in explicit.items() if saved.get(k) != v}
+        if changed:
+            raise FerlabError(f"{out}: holds a run with different settings ({', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in changed.items())}); "
+                              "resume it with the same options or start a new --out")
+        return TrainConfig(**saved), out
+    base = {}
+    if args.recipe:
+        base = get_recipe(args.recipe)
+        base["recipe"] = args.recipe
+    cfg = TrainConfig(**{**base, **explicit})
+    if not cfg.data:
+        raise FerlabError("--data is required")
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FerlabError("data-parallel runs need an explicit --out (every process must agree on it)")
+    if out is None:
+        out = Path.home() / "ferlab-runs" / f"{cfg.recipe or cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    is_main = int(os.environ.get("RANK", "0")) == 0  # other ranks start after rank 0 may have written
+    if is_main and ((out / "config.json").exists() or (out / "last.pt").exists()):
+        raise FerlabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    return cfg, out
+
+
+def run(args) -> int:
+    cfg, out = config_from_args(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+    history = fit(cfg, out, resume=args.resume, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0 and history:
+        best = max(history, key=lambda r: r["val_acc"])
+        print(f"done: best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}; run directory {out}")
+    return 0

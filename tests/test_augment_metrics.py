@@ -1,0 +1,71 @@
+"""Batched augmentation and the metrics behind the reports."""
+
+import numpy as np
+import pytest
+import torch
+
+from ferlab.augment import AUGMENT_PRESETS, AugmentConfig, apply_augment, sample_params
+from ferlab.metrics import classification_report, confusion_matrix, report_markdown
+
+
+def batch(n=16):
+    x = torch.zeros(n, 1, 48, 48)
+    x[:, :, 10:20, 5:15] = 1.0  # a bright square left of centre
+    return x
+
+
+def test_identity_preset_returns_input():
+    x = batch()
+    params = sample_params(AUGMENT_PRESETS["none"], len(x), torch.Generator().manual_seed(0))
+    assert apply_augment(AUGMENT_PRESETS["none"], x, params) is x
+
+
+def test_flip_mirrors_exactly_the_chosen_images():
+    cfg = AugmentConfig(flip=True)
+    x = batch(64)
+    p = sample_params(cfg, 64, torch.Generator().manual_seed(0))
+    y = apply_augment(cfg, x, p)
+    assert 10 < int(p["flip"].sum()) < 54
+    assert torch.equal(y[p["flip"]], x[p["flip"]].flip(3))
+    assert torch.equal(y[~p["flip"]], x[~p["flip"]])
+
+
+def test_affine_moves_content_but_keeps_range_and_shape():
+    cfg = AugmentConfig(rotation=10, shift=0.1, zoom=0.1, brightness=0.2)
+    x = batch(32)
+    y = apply_augment(cfg, x, sample_params(cfg, 32, torch.Generator().manual_seed(1)))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert not torch.allclose(y, x)
+    # Mass of the square stays roughly the same under small zoom/rotation (no blow-ups).
+    assert torch.allclose(y.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=0.5)
+
+
+def test_same_generator_state_same_augmentation():
+    cfg = AUGMENT_PRESETS["fernet"]
+    x = batch(8)
+    a = apply_augment(cfg, x, sample_params(cfg, 8, torch.Generator().manual_seed(3)))
+    b = apply_augment(cfg, x, sample_params(cfg, 8, torch.Generator().manual_seed(3)))
+    assert torch.equal(a, b)
+
+
+def test_erasing_blanks_a_rectangle():
+    cfg = AugmentConfig(erasing=1.0)
+    x = torch.rand(8, 1, 48, 48)
+    y = apply_augment(cfg, x, sample_params(cfg, 8, torch.Generator().manual_seed(0)))
+    erased = (y == 0.5).float().mean((1, 2, 3))
+    assert ((erased > 0.01) & (erased < 0.3)).all()
+
+
+def test_confusion_matrix_and_report():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0])
+    cm = confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    r = classification_report(y_true, y_pred, ["a", "b", "c"])
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    assert r["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert r["per_class"]["b"]["recall"] == 1.0
+    assert r["per_class"]["c"]["f1"] == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert r["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+    md = report_markdown(r, "toy")
+    assert "| b | 0.67 | 1.00 | 0.80 | 2 |" in md

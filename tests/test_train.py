@@ -1,0 +1,231 @@
+"""The training engine on a tiny synthetic FER2013-layout CSV: it learns, stops early, lowers the LR
+on a plateau, weights classes, resumes a killed run to the same end, writes atomically, and
+refuses bad input with one line."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ferlab.checkpoint import atomic_write_text, load_state
+from ferlab.errors import FerlabError
+from ferlab.train import TrainConfig, balanced_class_weights, fit
+
+TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
+
+
+def synthetic_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable 7-class toy data: a bright square whose position encodes the class, on noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 7, n)
+    images = rng.integers(0, 80, (n, 48, 48)).astype(np.uint8)
+    for c in range(7):
+        r, col = divmod(c, 3)
+        images[labels == c, 3 + r * 15: 15 + r * 15, 3 + col * 15: 15 + col * 15] = 230
+    return images, labels
+
+
+def write_csv(path: Path, n_train=420, n_val=140, n_test=140, seed=0) -> Path:
+    images, labels = synthetic_faces(n_train + n_val + n_test, seed)
+    usage = ["Training"] * n_train + ["PublicTest"] * n_val + ["PrivateTest"] * n_test
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for img, y, u in zip(images, labels, usage):
+            w.writerow([int(y), " ".join(map(str, img.ravel())), u])
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_csv(tmp_path_factory):
+    os.environ.setdefault("FERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv")
+
+
+def ferlab(*args, check=True, timeout=300, env=None):
+    proc = subprocess.run([sys.executable, "-m", "ferlab", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def read_metrics(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def tiny_config(data, **overrides) -> TrainConfig:
+    base = dict(model="fernet_s", model_kwargs={"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}, data=str(data),
+                epochs=6, batch_size=32, optimizer="adam", lr=3e-3, seed=0)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_learns_separable_problem(toy_csv, tmp_path):
+    history = fit(tiny_config(toy_csv, epochs=6), tmp_path / "run", log=lambda *a: None)
+    assert history[-1]["val_acc"] > 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    for name in ("best.safetensors", "last.pt", "metrics.csv", "curves.png"):
+        assert (tmp_path / "run" / name).is_file()
+    rows = read_metrics(tmp_path / "run")
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "time_s"} <= set(rows[0])
+
+
+def test_early_stopping_and_plateau(toy_csv, tmp_path):
+    # A learning rate too small to move the weights: validation accuracy never improves.
+    cfg = tiny_config(toy_csv, epochs=20, lr=1e-12, schedule="plateau", plateau_patience=1, plateau_factor=0.5,
+                      early_stop_patience=3, amp="fp32")
+    history = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    assert len(history) == 4  # best at epoch 1, then 3 epochs without improvement
+    assert history[-1]["stopped"]
+    lrs = [h["lr"] for h in history]
+    assert lrs[0] == pytest.approx(1e-12) and lrs[-1] < lrs[0]
+
+
+def test_balanced_class_weights():
+    labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    w = balanced_class_weights(labels, 4)
+    assert torch.allclose(w[:3], torch.tensor([100 / 180, 100 / 90, 100 / 30]))
+    assert w[3] == 0  # absent class
+
+
+def test_class_weights_change_training(toy_csv, tmp_path):
+    a = fit(tiny_config(toy_csv, epochs=1, amp="fp32"), tmp_path / "a", log=lambda *a: None)
+    b = fit(tiny_config(toy_csv, epochs=1, amp="fp32", class_weights="balanced"), tmp_path / "b", log=lambda *a: None)
+    assert a[0]["train_loss"] != b[0]["train_loss"]
+
+
+def test_killed_run_resumes_to_the_same_end(toy_csv, tmp_path):
+    args = ["train", *TINY, "--data", toy_csv, "--epochs", 12, "--batch-size", 32, "--optimizer", "sgd", "--lr", 0.05,
+            "--schedule", "onecycle", "--augment", "fernet", "--ema", 0.9, "--label-smoothing", 0.1]
+    ferlab(*args, "--out", tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ferlab", *map(str, args), "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((killed / "metrics.csv").exists() and len(read_metrics(killed)) >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_state(killed / "last.pt")["epoch"]
+    assert 3 <= done < 12, "the run should have been killed part-way"
+
+    ferlab("train", "--resume", "--out", killed)
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(killed)
+    assert len(resumed) == 12
+    for s, r in zip(straight, resumed):
+        for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+            assert float(s[key]) == pytest.approx(float(r[key]), rel=1e-6, abs=1e-7), (s["epoch"], key)
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "metrics.csv"
+    atomic_write_text(target, "old")
+    from ferlab.checkpoint import atomic_write
+
+    def failing(tmp):
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+    with pytest.raises(OSError):
+        atomic_write(target, failing)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "nosuchnet"], "unknown model"),
+    (["--recipe", "nosuchpaper"], "unknown recipe"),
+    (["--optimizer", "adagrad"], "--optimizer must be one of"),
+    (["--augment", "wild"], "unknown augmentation preset"),
+])
+def test_bad_options_fail_in_one_line(toy_csv, tmp_path, extra, message):
+    proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", tmp_path / "r", *extra, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_data_path_fails_cleanly(tmp_path):
+    proc = ferlab("train", *TINY, "--data", tmp_path / "missing.csv", "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_directory_is_never_overwritten(toy_csv, tmp_path):
+    run = tmp_path / "run"
+    ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    again = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 2, "--out", run, check=False)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    changed = ferlab("train", "--resume", "--out", run, "--lr", "0.5", check=False)
+    assert changed.returncode == 2 and "different settings" in changed.stderr
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_corrupt_checkpoint_on_resume(toy_csv, tmp_path):
+    run = tmp_path / "run"
+    ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
+    (run / "last.pt").write_bytes(b"not a checkpoint")
+    proc = ferlab("train", "--resume", "--out", run, check=False)
+    assert proc.returncode == 2 and "last.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_rejects_checkpoint_of_another_model(toy_csv, tmp_path):
+    run = tmp_path / "run"
+    ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
+    config = json.loads((run / "config.json").read_text())
+    config["model_kwargs"] = {"widths": [8, 8, 8, 8], "depths": [1, 1, 1, 1]}
+    (run / "config.json").write_text(json.dumps(config))
+    proc = ferlab("train", "--resume", "--out", run, check=False)
+    assert proc.returncode == 2 and "does not match" in proc.stderr
+
+
+def test_recipes_fill_options(toy_csv, tmp_path):
+    proc = ferlab("recipes")
+    for name in ("triwijoyo2021", "sarmah2023", "bah2022", "li2023", "fernet"):
+        assert name in proc.stdout
+    # A recipe's options are overridden by explicit ones.
+    run = tmp_path / "run"
+    ferlab("train", "--recipe", "li2023", *TINY, "--data", toy_csv, "--epochs", 1, "--batch-size", 64, "--out", run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == "li2023" and config["optimizer"] == "adam" and config["augment"] == "li2023"
+    assert config["epochs"] == 1 and config["batch_size"] == 64 and config["model"] == "fernet_s"
+
+
+def test_evaluate_writes_report(toy_csv, tmp_path):
+    run = tmp_path / "run"
+    ferlab("train", *TINY, "--data", toy_csv, "--epochs", 4, "--lr", 3e-3, "--out", run)
+    out = tmp_path / "eval"
+    proc = ferlab("evaluate", run, "--data", toy_csv, "--split", "PrivateTest", "--tta", "flip", "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_samples"] == 140 and report["tta"] == "flip"
+    assert set(report["per_class"]) == {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+    assert np.array(report["confusion_matrix"]).sum() == 140
+    assert (out / "confusion.png").stat().st_size > 1000 and (out / "curves.png").is_file()
+    assert "| class | precision | recall | F1-score | support |" in (out / "report.md").read_text()
+    assert "accuracy" in proc.stdout
+
+
+def test_data_parallel_matches_single_process(toy_csv, tmp_path):
+    """torchrun with 2 CPU processes (gloo) vs one process with the same global batch."""
+    common = ["train", *TINY, "--data", toy_csv, "--epochs", 3, "--batch-size", 32, "--amp", "fp32", "--lr", 3e-3]
+    ferlab(*common, "--out", tmp_path / "single")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+                "-m", "ferlab", *map(str, common), "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(torchrun, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single, ddp = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
+    assert len(single) == len(ddp) == 3
+    for s, d in zip(single, ddp):
+        # BatchNorm statistics are per process (16 vs 32 faces), so equal only within tolerance.
+        assert float(d["train_loss"]) == pytest.approx(float(s["train_loss"]), rel=0.1)
+        assert float(d["val_acc"]) == pytest.approx(float(s["val_acc"]), abs=0.1)
