@@ -8,35 +8,16 @@ leaves either the old file or the new one, never half of one.
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ferlab.atomic import atomic_write
 from ferlab.errors import FerlabError
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-
-
-def atomic_write(path, write) -> None:
-    """Call write(tmp_path) and rename the result onto path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_weights(path, model: torch.nn.Module, meta: dict) -> None:

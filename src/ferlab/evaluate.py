@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ferlab.checkpoint import atomic_write_text, load_model
+from ferlab.atomic import atomic_write_text
+from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
 
 
@@ -76,15 +77,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ferlab.data import load_dataset
     from ferlab.metrics import classification_report, plot_confusion, report_markdown
-    from ferlab.train import resolve_device
+    from ferlab.train import load_with_splits, resolve_device
 
     device = resolve_device(args.device)
-    data = load_dataset(args.data, ferplus=args.ferplus, seed=args.seed)
-    if data.split_names() == ["all"] and args.split != "all":
-        from ferlab.data.splits import stratified_split
-        data.splits = stratified_split(data.labels, (0.9, 0.05, 0.05), seed=args.seed)
+    data = load_with_splits(args.data, args.ferplus, args.seed)
     subset = data.select(args.split)
     t0 = time.time()
     probs, cards = evaluate_models(args.model, subset.images, tta=args.tta, device=device)

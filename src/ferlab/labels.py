@@ -3,7 +3,13 @@
 FER2013's 7 classes (in its label order) are ferlab's canonical label space. FER+ adds contempt
 (8 classes, plus the annotators' "unknown" and "not a face" columns); CK+ folders use their
 own spellings and include contempt. Every loader maps names through `canonical_name`.
+
+A *label space* is a tuple of class names that a data set's integer labels index into. ferlab
+has three, named in LABEL_SPACES: "fer2013" (7 classes, the default), "ferplus8" (FER2013 order
+plus contempt) and "ckplus" (CK+'s own 7 classes: no neutral, with contempt).
 """
+
+from ferlab.errors import FerlabError
 
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
@@ -23,7 +29,7 @@ _ALIASES = {
     "sad": "sad", "sadness": "sad",
     "surprise": "surprise", "surprised": "surprise",
     "neutral": "neutral",
-    "contempt": "contempt",
+    "contempt": "contempt", "contemptuous": "contempt",
 }
 
 
@@ -43,3 +49,27 @@ FERPLUS_TO_FER2013 = {i: fer2013_index(name) for i, name in enumerate(FERPLUS_CL
 
 # Canonical 8-class FER+ label space in ferlab's naming (FER2013 order, then contempt).
 FERPLUS8_CLASSES = FER2013_CLASSES + ("contempt",)
+
+LABEL_SPACES = {"fer2013": FER2013_CLASSES, "ferplus8": FERPLUS8_CLASSES, "ckplus": CKPLUS_CLASSES}
+
+
+def label_space(name: str) -> tuple:
+    """The class names of a label space by name ("fer2013", "ferplus8", "ckplus")."""
+    if name not in LABEL_SPACES:
+        raise FerlabError(f"unknown label space {name!r} (known: {', '.join(LABEL_SPACES)})")
+    return LABEL_SPACES[name]
+
+
+def class_index(name: str, classes: tuple) -> int | None:
+    """Index of a class name (any known spelling) in `classes` (any spelling), or None if absent.
+
+    class_index("sadness", FER2013_CLASSES) == 4; class_index("sad", CKPLUS_CLASSES) == 5;
+    class_index("contempt", FER2013_CLASSES) is None.
+    """
+    canonical = canonical_name(name)
+    if canonical is None:
+        return None
+    for i, c in enumerate(classes):
+        if canonical_name(c) == canonical:
+            return i
+    return None

@@ -54,7 +54,7 @@ def report_markdown(report: dict, title: str) -> str:
 
 
 def _savefig(fig, path) -> None:
-    from ferlab.checkpoint import atomic_write
+    from ferlab.atomic import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ferlab.augment import apply_augment, get_augment, sample_params
-from ferlab.checkpoint import atomic_write_text, load_state, save_state, save_weights
+from ferlab.atomic import atomic_write_text
+from ferlab.checkpoint import load_state, save_state, save_weights
 from ferlab.errors import FerlabError
 
 
@@ -176,9 +177,9 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """n_samples / (n_classes * count_c), as scikit-learn's 'balanced' (what Keras users pass)."""
+    """n_samples / (n_present_classes * count_c): scikit-learn's 'balanced', what Keras users pass."""
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    weights = len(labels) / ((counts > 0).sum() * np.maximum(counts, 1))
     weights[counts == 0] = 0.0
     return torch.tensor(weights, dtype=torch.float32)
 
@@ -290,16 +291,18 @@ def default_splits(split_names: list[str]) -> tuple[str, str, str]:
     return "", "", ""
 
 
+def load_with_splits(spec: str, ferplus: str | None = None, seed: int = 0):
+    """load_dataset, with a seeded stratified 90/5/5 train/val/test split for data that has none."""
+    from ferlab.data import apply_random_split, load_dataset
+
+    data = load_dataset(spec, ferplus=ferplus, seed=seed)
+    return apply_random_split(data, seed=seed) if data.split_names() == ["all"] else data
+
+
 def load_run_data(cfg: TrainConfig):
     """Returns (dataset, train, val, test-or-None) FaceDatasets for the config."""
-    from ferlab.data import load_dataset
-
-    data = load_dataset(cfg.data, ferplus=cfg.ferplus, seed=cfg.seed)
+    data = load_with_splits(cfg.data, cfg.ferplus, cfg.seed)
     names = data.split_names()
-    if names == ["all"]:  # a plain <class>/ folder: seeded stratified 90/5/5 split
-        from ferlab.data.splits import stratified_split
-        data.splits = stratified_split(data.labels, (0.9, 0.05, 0.05), seed=cfg.seed)
-        names = data.split_names()
     auto = default_splits(names)
     train_s = auto[0] if cfg.train_splits == "auto" else cfg.train_splits
     val_s = auto[1] if cfg.val_splits == "auto" else cfg.val_splits

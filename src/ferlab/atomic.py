@@ -1,0 +1,27 @@
+"""Atomic file writes: write to a temporary file in the same directory, then rename it into place.
+
+A killed process leaves either the old file or the new one, never half of one. Torch-free, so
+the data layer can use it without importing torch.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path, write) -> None:
+    """Call write(tmp_path) and rename the result onto path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,90 @@
+"""`load_dataset(spec)`: the one entry point that turns a user's data argument into a FaceDataset.
+
+Spec syntax (what `--data` accepts everywhere):
+
+    PATH.csv | PATH.csv.gz    FER2013 CSV; splits Training / PublicTest / PrivateTest
+                              (with ferplus=fer2013new.csv: FER+ labels, 8 classes, soft labels)
+    DIR                       image folders DIR/<class>/*.png -> one split "all", or Kaggle's
+                              DIR/train|test/<class>/*.png -> splits "train" / "test"
+    ckplus:DIR                image folders in CK+'s 7 classes (with contempt, no neutral)
+    ferplus8:DIR              image folders in the 8 FER+ classes (FER2013's 7 + contempt)
+    fer2013:DIR               the default for folders, written out
+    fergit:CSV,DIR            FERGIT (bah2022): FER2013 rows + an image-folder set (muxspace48) in
+                              the 7 FER2013 classes, seeded stratified 90/5/5 split train/val/test
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from ferlab.data.dataset import FaceDataset
+from ferlab.data.fer2013 import apply_ferplus, load_fer2013_csv
+from ferlab.data.folders import load_image_folders
+from ferlab.data.splits import stratified_split
+from ferlab.errors import FerlabError
+from ferlab.labels import FER2013_CLASSES, LABEL_SPACES
+
+FERGIT_FRACTIONS = (0.9, 0.05, 0.05)
+
+
+def load_dataset(spec: str, ferplus: str | None = None, seed: int = 0, classes: str | None = None,
+                 cache: bool = True) -> FaceDataset:
+    """Load a data set from a spec (see the module docstring for the syntax).
+
+    ferplus: path of FER+'s fer2013new.csv, only with a FER2013 CSV: labels become FER+ majority
+        labels in `labels.FERPLUS8_CLASSES` (rows whose plurality vote is unknown, not-a-face or a
+        tie are dropped) and `soft_labels` the normalised 8-class vote distributions.
+    seed: seed of FERGIT's random split (other specs have fixed splits).
+    classes: label space of image folders, "fer2013" (default), "ferplus8" or "ckplus"; the same as
+        the spec prefix `ckplus:DIR`.
+    cache: read/write the decoded-array cache ($FERLAB_CACHE or ~/.cache/ferlab).
+    """
+    spec = str(spec)
+    if spec.startswith("fergit:"):
+        parts = spec[len("fergit:"):].split(",")
+        if len(parts) != 2 or not all(parts):
+            raise FerlabError(f"{spec}: expected fergit:FER2013_CSV,IMAGE_DIR")
+        if ferplus or classes not in (None, "fer2013"):
+            raise FerlabError(f"{spec}: FERGIT uses the 7 FER2013 classes; --ferplus and other label spaces do not apply")
+        return load_fergit(parts[0], parts[1], seed=seed, cache=cache)
+
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in LABEL_SPACES:
+        if classes not in (None, prefix):
+            raise FerlabError(f"{spec}: the spec says {prefix} classes but {classes} were asked for")
+        spec, classes = rest, prefix
+
+    path = Path(spec)
+    if path.is_dir():
+        if ferplus:
+            raise FerlabError(f"{path}: --ferplus applies to a FER2013 CSV, not to an image folder")
+        return load_image_folders(path, classes=classes or "fer2013", cache_enabled=cache)
+    if not path.exists():
+        raise FerlabError(f"{path}: no such file or directory")
+    if not path.name.lower().endswith((".csv", ".csv.gz")):
+        raise FerlabError(f"{path}: not a FER2013 CSV (.csv, .csv.gz), an image folder or fergit:CSV,DIR")
+    if classes not in (None, "fer2013"):
+        raise FerlabError(f"{path}: a FER2013 CSV has the fer2013 classes (use ferplus=fer2013new.csv for FER+'s 8)")
+    dataset = load_fer2013_csv(path, cache_enabled=cache)
+    return apply_ferplus(dataset, ferplus) if ferplus else dataset
+
+
+def load_fergit(csv, image_dir, seed: int = 0, fractions=FERGIT_FRACTIONS, cache: bool = True) -> FaceDataset:
+    """FERGIT as in bah2022: all FER2013 rows + image-folder faces (contempt dropped), split 90/5/5.
+
+    The split is random with `seed`, stratified by class and source, so train/val/test each hold
+    both sources and every class in the same proportions. `origins` says where each row came
+    from ("fer2013" or the image folder's name, e.g. "muxspace48").
+    """
+    fer = load_fer2013_csv(csv, cache_enabled=cache)
+    folders = load_image_folders(image_dir, classes="fer2013", cache_enabled=cache)
+    folder_name = Path(image_dir).resolve().name
+    origins = np.array(["fer2013"] * len(fer) + [folder_name] * len(folders))
+    labels = np.concatenate([fer.labels, folders.labels])
+    key = labels + len(FER2013_CLASSES) * (origins != "fer2013")   # stratify by class and source
+    return FaceDataset(
+        images=np.concatenate([fer.images, folders.images]), labels=labels,
+        splits=stratified_split(key, fractions, seed), classes=FER2013_CLASSES,
+        source=f"fergit:{csv},{image_dir}", origins=origins,
+        extra={"cached": bool(fer.extra.get("cached") and folders.extra.get("cached")), "seed": seed},
+    )
