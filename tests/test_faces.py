@@ -1,0 +1,151 @@
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+
+from ferlab.errors import FerlabError
+from ferlab.faces import (Face, FullImageDetector, HaarDetector, MediaPipeDetector, create_detector, crop_faces,
+                          crop_faces_for, downscale)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ASTRONAUT_BOX = (174, 68, 104, 104)  # MediaPipe full-range on skimage's astronaut
+
+
+@pytest.fixture(scope="module")
+def mp_detector():
+    pytest.importorskip("mediapipe")
+    det = create_detector("mediapipe")
+    yield det
+    det.close()
+
+
+def near(box, ref, tol=0.1):
+    """Boxes agree within tol of the reference size."""
+    size = max(ref[2], ref[3])
+    return all(abs(a - b) <= tol * size for a, b in zip(box, ref))
+
+
+def test_mediapipe_finds_the_astronaut_with_eyes(mp_detector, astronaut):
+    faces = mp_detector.detect(astronaut)
+    assert len(faces) == 1
+    face = faces[0]
+    assert near(face.box, ASTRONAUT_BOX) and all(isinstance(v, int) for v in face.box)
+    assert 0.5 < face.score <= 1
+    (rx, ry), (lx, ly) = face.landmarks["right_eye"], face.landmarks["left_eye"]
+    assert rx < lx  # the subject's right eye is on the image's left
+    x, y, w, h = face.box
+    assert x < rx < x + w and y < ry < y + h / 2
+
+
+def test_no_face_in_a_cat_or_a_blank_image(mp_detector, cat):
+    assert mp_detector.detect(cat) == []
+    assert mp_detector.detect(np.full((200, 300, 3), 127, np.uint8)) == []
+
+
+def test_haar_finds_the_astronaut(astronaut):
+    faces = HaarDetector().detect(astronaut)
+    assert len(faces) == 1 and near(faces[0].box, ASTRONAUT_BOX, 0.25)
+    assert faces[0].landmarks is None and 0 < faces[0].score < 1
+
+
+def test_full_detector_and_tiny_images(mp_detector, astronaut):
+    assert FullImageDetector().detect(astronaut) == [Face((0, 0, 512, 512), 1.0, None)]
+    for det in (mp_detector, HaarDetector(), FullImageDetector()):
+        assert det.detect(np.zeros((1, 1, 3), np.uint8)) == []
+        assert det.detect(np.zeros((5, 400, 3), np.uint8)) == []
+
+
+def test_create_detector_names():
+    assert isinstance(create_detector("none"), FullImageDetector)
+    assert isinstance(create_detector("full"), FullImageDetector)
+    assert isinstance(create_detector("haar"), HaarDetector)
+    with pytest.raises(FerlabError, match="unknown face detector"):
+        create_detector("yolo")
+
+
+def test_auto_prefers_mediapipe_and_falls_back_to_haar(monkeypatch):
+    pytest.importorskip("mediapipe")
+    assert isinstance(create_detector("auto"), MediaPipeDetector)
+    import builtins
+    real_import = builtins.__import__
+
+    def no_mediapipe(name, *args, **kwargs):
+        if name.startswith("mediapipe"):
+            raise ImportError("no mediapipe here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mediapipe)
+    assert isinstance(create_detector("auto"), HaarDetector)
+    with pytest.raises(FerlabError, match="mediapipe"):
+        create_detector("mediapipe")
+
+
+def test_gray_and_strided_bgr_input(mp_detector, astronaut):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY)
+    faces = mp_detector.detect(gray)
+    assert len(faces) == 1 and near(faces[0].box, ASTRONAUT_BOX)
+    bgr = np.ascontiguousarray(astronaut[..., ::-1])
+    faces = mp_detector.detect(bgr[..., ::-1])  # a strided RGB view
+    assert len(faces) == 1 and near(faces[0].box, ASTRONAUT_BOX, 0.03)
+    with pytest.raises(FerlabError, match="uint8"):
+        mp_detector.detect(astronaut.astype(np.float32))
+
+
+def test_large_image_is_detected_on_a_downscaled_copy(mp_detector, astronaut):
+    big = cv2.resize(astronaut, (3072, 3072), interpolation=cv2.INTER_CUBIC)  # 6x
+    faces = mp_detector.detect(big)
+    assert len(faces) == 1
+    assert near(faces[0].box, tuple(v * 6 for v in ASTRONAUT_BOX))
+    small, (sx, sy) = downscale(big, 1280)
+    assert max(small.shape[:2]) == 1280 and sx == pytest.approx(2.4) and sy == pytest.approx(2.4)
+
+
+def test_20000px_array_costs_no_full_size_copy(mp_detector, astronaut):
+    """Detection reads a strided, downscaled copy and cropping reads only the face's region.
+    (BlazeFace sees the image at 192x192, so a face this small in so big a frame is not found:
+    here we only check that nothing full-size is allocated, and crop a known box.)"""
+    big = np.zeros((20000, 20000, 3), np.uint8)  # calloc: pages are only touched where written
+    big[1000:5000, 2000:6000] = cv2.resize(astronaut, (4000, 4000), interpolation=cv2.INTER_LINEAR)
+    k = 4000 / 512
+    face = Face((2000 + round(174 * k), 1000 + round(68 * k), round(104 * k), round(104 * k)), 1.0)
+    tracemalloc.start()
+    try:
+        faces = mp_detector.detect(big)
+        crops = crop_faces(big, [face])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6, f"peak {peak / 1e6:.0f} MB"
+    assert isinstance(faces, list) and crops.shape == (1, 48, 48)
+    reference = crop_faces(astronaut, [Face(ASTRONAUT_BOX, 1.0)])
+    assert np.abs(crops.astype(int) - reference).mean() < 6
+
+
+def test_crop_shapes_edges_and_identity(astronaut):
+    faces = [Face((174, 68, 104, 104), 0.9), Face((-30, -30, 80, 80), 0.5), Face((480, 490, 60, 40), 0.5)]
+    crops = crop_faces(astronaut, faces)
+    assert crops.shape == (3, 48, 48) and crops.dtype == np.uint8
+    assert crop_faces(astronaut, []).shape == (0, 48, 48)
+    # A 48x48 face with the whole-image framing comes back unchanged.
+    face48 = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    out = crop_faces_for(FullImageDetector(), face48, FullImageDetector().detect(face48))
+    assert np.array_equal(out[0], cv2.cvtColor(face48, cv2.COLOR_RGB2GRAY))
+
+
+def test_crop_levels_the_eyes(mp_detector, astronaut):
+    """A face rotated by 25 degrees, cropped with eye alignment, matches the upright crop far
+    better than the same crop without alignment."""
+    upright = crop_faces_for(mp_detector, astronaut, mp_detector.detect(astronaut)).astype(np.float32)
+    m = cv2.getRotationMatrix2D((226, 120), 25, 1.0)
+    tilted = cv2.warpAffine(astronaut, m, (512, 512), borderMode=cv2.BORDER_REFLECT)
+    faces = mp_detector.detect(tilted)
+    assert len(faces) == 1
+    (rx, ry), (lx, ly) = faces[0].landmarks["right_eye"], faces[0].landmarks["left_eye"]
+    assert np.degrees(np.arctan2(ly - ry, lx - rx)) < -15  # the eye line is tilted in the image
+    aligned = crop_faces_for(mp_detector, tilted, faces).astype(np.float32)
+    plain = crop_faces_for(mp_detector, tilted, faces, align=False).astype(np.float32)
+    err_aligned = np.abs(aligned - upright).mean()
+    err_plain = np.abs(plain - upright).mean()
+    assert err_aligned < 0.6 * err_plain, (err_aligned, err_plain)

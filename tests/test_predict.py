@@ -1,0 +1,294 @@
+import csv
+import io
+import json
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ferlab.checkpoint import load_model
+from ferlab.cli import main
+from ferlab.errors import FerlabError
+from ferlab.labels import FER2013_CLASSES
+from ferlab.predict import Recognizer, faces_to_input, load_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ASTRONAUT_BOX = [174, 68, 104, 104]
+
+
+def close_box(box, ref, tol=6):
+    return all(abs(a - b) <= tol for a, b in zip(box, ref))
+
+
+def softmax_of(weights, x):
+    model, _ = load_model(str(weights))
+    with torch.no_grad():
+        return model(torch.from_numpy(x).unsqueeze(1)).softmax(1).numpy()
+
+
+# ---- the Recognizer API ---------------------------------------------------------------------
+
+def test_predict_one_face(recognizer, astronaut):
+    faces = recognizer.predict(astronaut)
+    assert len(faces) == 1
+    f = faces[0]
+    assert set(f) == {"box", "score", "label", "confidence", "probs"}
+    assert close_box(f["box"], ASTRONAUT_BOX) and all(type(v) is int for v in f["box"])
+    assert list(f["probs"]) == list(FER2013_CLASSES)
+    assert sum(f["probs"].values()) == pytest.approx(1, abs=1e-5)
+    assert f["label"] == max(f["probs"], key=f["probs"].get) and f["confidence"] == f["probs"][f["label"]]
+    json.dumps(faces)  # plain Python types only
+
+
+def test_every_input_form_gives_the_same_face(recognizer, astronaut, tmp_path):
+    ref = recognizer.predict(astronaut)[0]
+    path = tmp_path / "a.png"
+    Image.fromarray(astronaut).save(path)
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+    forms = [str(path), path, Image.open(path), np.ascontiguousarray(astronaut[..., ::-1]), rgba]
+    colors = ["rgb", "rgb", "rgb", "bgr", "rgb"]
+    for form, color in zip(forms, colors):
+        got = recognizer.predict(form, color=color)[0]
+        assert got["box"] == ref["box"]
+        assert got["probs"]["happy"] == pytest.approx(ref["probs"]["happy"], abs=1e-6)
+    gray = recognizer.predict(cv2.cvtColor(astronaut, cv2.COLOR_RGB2GRAY))
+    assert len(gray) == 1 and close_box(gray[0]["box"], ASTRONAUT_BOX)
+    as_float = recognizer.predict(astronaut.astype(np.float32) / 255)
+    assert as_float[0]["box"] == ref["box"]
+
+
+def test_exif_orientation_is_honoured(recognizer, astronaut, tmp_path):
+    """A photo stored sideways with EXIF orientation 6 ("rotate 90 CW to view") is read upright."""
+    stored = np.ascontiguousarray(np.rot90(astronaut, 1))  # what the camera wrote (sideways)
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    im.save(path, quality=95, exif=exif.tobytes())
+    pixels, scale = load_image(path)
+    assert pixels.shape == astronaut.shape and scale == 1.0
+    faces = recognizer.predict(path)
+    assert len(faces) == 1 and close_box(faces[0]["box"], ASTRONAUT_BOX, 8)
+    faces = recognizer.predict(Image.open(path))
+    assert len(faces) == 1 and close_box(faces[0]["box"], ASTRONAUT_BOX, 8)
+
+
+def test_no_face_and_tiny_images_give_empty_lists(recognizer, cat):
+    assert recognizer.predict(cat) == []
+    assert recognizer.predict(np.zeros((1, 1, 3), np.uint8)) == []
+    assert recognizer.predict(np.zeros((1, 1), np.uint8)) == []
+
+
+def test_bad_arrays_and_options(recognizer, fernet_weights):
+    with pytest.raises(FerlabError, match="shape"):
+        recognizer.predict(np.zeros((10, 10, 5), np.uint8))
+    with pytest.raises(FerlabError, match="expected a path"):
+        recognizer.predict(12)
+    with pytest.raises(FerlabError, match="tta"):
+        Recognizer(fernet_weights, tta="tencrop")
+    with pytest.raises(FerlabError, match="detector"):
+        Recognizer(fernet_weights, detector="yolo")
+    with pytest.raises(FerlabError, match="no-such"):
+        Recognizer("no-such.safetensors")
+
+
+def test_predict_faces_matches_the_model_in_fp32(recognizer, fernet_weights):
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (20, 48, 48), dtype=np.uint8)
+    x = crops.astype(np.float32) / 255
+    expected = softmax_of(fernet_weights, x)
+    rec = Recognizer(fernet_weights, detector="none", batch_size=8)  # 20 faces: 3 batches
+    got = np.array([[f["probs"][c] for c in FER2013_CLASSES] for f in rec.predict_faces(crops)])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.allclose(rec.probabilities(x), recognizer.probabilities(x), atol=1e-6)  # batch size does not matter
+    # float input and (N, 1, 48, 48) input are the same faces
+    np.testing.assert_allclose(rec.probabilities(faces_to_input(x[:, None])), expected, atol=1e-6)
+    assert "box" not in rec.predict_faces(crops[:1])[0]
+
+
+def test_predict_faces_accepts_any_size_and_form(recognizer):
+    rng = np.random.default_rng(1)
+    face96 = rng.integers(0, 256, (96, 96), dtype=np.uint8)
+    small = cv2.resize(face96, (48, 48), interpolation=cv2.INTER_AREA)
+    ref = recognizer.predict_faces(small[None])[0]["probs"]
+    for form in (face96, face96[None], [face96], [Image.fromarray(face96)], np.dstack([face96] * 3)[None]):
+        out = recognizer.predict_faces(form)
+        assert len(out) == 1 and out[0]["probs"]["sad"] == pytest.approx(ref["sad"], abs=1e-6)
+    mixed = recognizer.predict_faces([face96, rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)])
+    assert len(mixed) == 2
+    assert recognizer.predict_faces(np.zeros((0, 48, 48), np.uint8)) == []
+
+
+def test_flip_tta_averages_the_mirror(fernet_weights):
+    x = np.random.default_rng(2).random((5, 48, 48), dtype=np.float32)
+    expected = (softmax_of(fernet_weights, x) + softmax_of(fernet_weights, np.ascontiguousarray(x[:, :, ::-1]))) / 2
+    rec = Recognizer(fernet_weights, detector="none", tta="flip", batch_size=2)
+    np.testing.assert_allclose(rec.probabilities(x), expected, atol=1e-6)
+
+
+def test_bf16_and_channels_last_options(fernet_weights):
+    x = np.random.default_rng(3).random((8, 48, 48), dtype=np.float32)
+    ref = Recognizer(fernet_weights, detector="none", channels_last=False).probabilities(x)
+    np.testing.assert_allclose(ref, softmax_of(fernet_weights, x), atol=1e-6)
+    cl = Recognizer(fernet_weights, detector="none", channels_last=True).probabilities(x)
+    np.testing.assert_allclose(cl, ref, atol=1e-5)
+    bf16 = Recognizer(fernet_weights, detector="none", precision="bf16").probabilities(x)
+    np.testing.assert_allclose(bf16, ref, atol=0.03)
+
+
+# ---- bad files --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_folder(tmp_path_factory, astronaut, cat):
+    """A folder of good and bad images, as a user's photo folder might be."""
+    d = tmp_path_factory.mktemp("photos")
+    Image.fromarray(astronaut).save(d / "astronaut.jpg", quality=92)
+    (d / "sub").mkdir()
+    Image.fromarray(astronaut).save(d / "sub" / "astronaut2.png")
+    Image.fromarray(cat).save(d / "cat.png")
+    Image.new("RGB", (1, 1), (200, 100, 50)).save(d / "tiny.png")
+    (d / "notes.jpg").write_text("this is not an image\n")
+    data = (d / "astronaut.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (d / "readme.txt").write_text("ignored: not an image suffix\n")
+    return d
+
+
+def test_bad_files_give_one_line_errors_naming_the_file(bad_folder):
+    with pytest.raises(FerlabError, match=r"notes\.jpg: not an image"):
+        load_image(bad_folder / "notes.jpg")
+    with pytest.raises(FerlabError, match=r"truncated\.jpg: truncated or corrupt"):
+        load_image(bad_folder / "truncated.jpg")
+    with pytest.raises(FerlabError, match=r"missing\.png: no such file"):
+        load_image(bad_folder / "missing.png")
+    with pytest.raises(FerlabError, match="is a directory"):
+        load_image(bad_folder / "sub")
+    for name in ("notes.jpg", "truncated.jpg"):
+        try:
+            load_image(bad_folder / name)
+        except FerlabError as e:
+            assert "\n" not in str(e)
+
+
+def huge_png(path, side=20000):
+    """A real 20000x20000 gray PNG (all black) written without 400 MB in memory."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    comp = zlib.compressobj(1)
+    row = bytes(side + 1)  # filter byte + pixels
+    idat = b"".join(comp.compress(row * 100) for _ in range(side // 100)) + comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_20000px_png_is_refused_cleanly(tmp_path):
+    path = huge_png(tmp_path / "huge.png")
+    with pytest.raises(FerlabError, match=r"huge\.png: image \(400 MP\) is above the 89 MP decoding limit"):
+        load_image(path)
+
+
+def test_big_jpeg_is_decoded_at_reduced_scale(recognizer, astronaut, tmp_path, monkeypatch):
+    """JPEGs longer than 4096 px are DCT-downscaled while decoding; boxes come back in full-size
+    pixels. With the decompression-bomb limit lowered below the file's size (as a 20000x20000
+    JPEG is against the default limit), it still decodes through the reduced-scale path."""
+    big = cv2.resize(astronaut, (5120, 5120), interpolation=cv2.INTER_LINEAR)  # 10x
+    path = tmp_path / "big.jpg"
+    Image.fromarray(big).save(path, quality=85)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 8_000_000)  # 2x limit = 16 MP < 26 MP: open() would refuse
+    pixels, scale = load_image(path)
+    assert pixels.shape == (2560, 2560, 3) and scale == 2.0
+    faces = recognizer.predict(path)
+    assert len(faces) == 1 and close_box(faces[0]["box"], [v * 10 for v in ASTRONAUT_BOX], 60)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # even 1/2 scale is too big now
+    with pytest.raises(FerlabError, match=r"big\.jpg: image is 5120x5120 \(26 MP\), above the 1 MP decoding limit"):
+        load_image(path)
+
+
+def test_predict_many_reports_and_skips_bad_files(recognizer, bad_folder):
+    results = dict(recognizer.predict_many([bad_folder]))
+    names = {p.name: r for p, r in results.items()}
+    assert set(names) == {"astronaut.jpg", "astronaut2.png", "cat.png", "tiny.png", "notes.jpg", "truncated.jpg"}
+    assert len(names["astronaut.jpg"]) == 1 and len(names["astronaut2.png"]) == 1
+    assert names["cat.png"] == [] and names["tiny.png"] == []
+    assert isinstance(names["notes.jpg"], FerlabError) and isinstance(names["truncated.jpg"], FerlabError)
+    flat = dict(recognizer.predict_many([bad_folder], recursive=False))
+    assert "astronaut2.png" not in {p.name for p in flat}
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+def run_cli(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_folder_jsonl_with_bad_files(capsys, fernet_weights, bad_folder, tmp_path):
+    code, out, err = run_cli(capsys, "predict", bad_folder, "--model", fernet_weights, "--annotate", tmp_path / "ann")
+    assert code == 0
+    records = [json.loads(line) for line in out.splitlines()]
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in records}
+    assert set(by_name) == {"astronaut.jpg", "astronaut2.png", "cat.png", "tiny.png"}
+    face = by_name["astronaut.jpg"]["faces"][0]
+    assert close_box(face["box"], ASTRONAUT_BOX) and set(face["probs"]) == set(FER2013_CLASSES)
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("ferlab predict: skipped ") for line in lines)
+    assert any("notes.jpg" in line for line in lines) and any("truncated.jpg" in line for line in lines)
+    annotated = cv2.imread(str(tmp_path / "ann" / "astronaut.jpg"))
+    assert annotated.shape == (512, 512, 3)
+    assert (tmp_path / "ann" / "sub" / "astronaut2.png").is_file()
+    assert not list((tmp_path / "ann").rglob("*.tmp"))
+
+
+def test_cli_csv_to_file(capsys, fernet_weights, bad_folder, tmp_path):
+    out_file = tmp_path / "out" / "faces.csv"
+    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", bad_folder / "cat.png", "--model", fernet_weights,
+                             "--format", "csv", "--output", out_file, "--tta", "flip")
+    assert code == 0 and out == ""
+    rows = list(csv.DictReader(io.StringIO(out_file.read_text())))
+    assert len(rows) == 2
+    assert rows[0]["face"] == "0" and close_box([int(rows[0][k]) for k in "xywh"], ASTRONAUT_BOX)
+    assert [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{c}" for c in FER2013_CLASSES]
+    assert sum(float(rows[0][f"prob_{c}"]) for c in FER2013_CLASSES) == pytest.approx(1, abs=1e-3)
+    assert rows[1]["path"].endswith("cat.png") and rows[1]["face"] == "" and rows[1]["label"] == ""
+
+
+def test_cli_exit_status_when_nothing_could_be_read(capsys, fernet_weights, bad_folder, tmp_path):
+    code, out, err = run_cli(capsys, "predict", bad_folder / "notes.jpg", bad_folder / "truncated.jpg", "--model", fernet_weights)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1] == "ferlab predict: error: no image could be processed (2 failed)"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = run_cli(capsys, "predict", empty, "--model", fernet_weights)
+    assert code == 2 and "no image files found" in err
+
+
+def test_cli_unwritable_output(capsys, fernet_weights, bad_folder, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", "--model", fernet_weights,
+                             "--output", blocker / "out.jsonl")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "file.txt/out.jsonl" in err
+    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", "--model", fernet_weights,
+                             "--annotate", blocker / "ann")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "file.txt/ann" in err
+    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", "--model", fernet_weights, "--output", tmp_path)
+    assert code == 2 and "is a directory" in err
+
+
+def test_demo(capsys, fernet_weights, tmp_path, monkeypatch):
+    code, out, err = run_cli(capsys, "demo", "--model", fernet_weights, "--out", tmp_path / "demo")
+    assert code == 0
+    assert (tmp_path / "demo" / "astronaut.png").is_file() and (tmp_path / "demo" / "astronaut_annotated.png").is_file()
+    payload = json.loads(out[: out.rindex("}") + 1])
+    assert len(payload["faces"]) == 1 and "annotated image:" in out
+    import ferlab.demo
+    monkeypatch.setattr(ferlab.demo, "WEIGHTS_DIR", tmp_path / "no-weights")
+    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo2")
+    assert code == 2 and "bundled default model is missing" in err and len(err.strip().splitlines()) == 1

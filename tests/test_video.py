@@ -1,0 +1,116 @@
+import csv
+import io
+
+import cv2
+import numpy as np
+import pytest
+
+import ferlab.video as video
+from ferlab.cli import main
+from ferlab.errors import FerlabError
+from ferlab.labels import FER2013_CLASSES
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, astronaut):
+    """An 8-frame 10 fps mp4 of the astronaut drifting right (1 face per frame), 320x240."""
+    pytest.importorskip("mediapipe")
+    path = tmp_path_factory.mktemp("video") / "astronaut.mp4"
+    face = cv2.cvtColor(cv2.resize(astronaut, (240, 240)), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+    assert writer.isOpened()
+    for i in range(8):
+        frame = np.full((240, 320, 3), 90, np.uint8)
+        frame[:, 5 * i:5 * i + 240] = face
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_video_timeline_and_annotated_mp4(capsys, clip, fernet_weights, tmp_path):
+    out_mp4, out_csv = tmp_path / "ann.mp4", tmp_path / "timeline.csv"
+    code, out, err = run_cli(capsys, "video", clip, "--model", fernet_weights, "--out", out_mp4, "--csv", out_csv,
+                             "--every", "2", "--smooth", "3")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert [r["frame"] for r in rows] == ["0", "2", "4", "6"]  # one face on every 2nd frame
+    assert [float(r["time_s"]) for r in rows] == [0.0, 0.2, 0.4, 0.6]
+    assert {r["face"] for r in rows} == {"0"}
+    assert [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{c}" for c in FER2013_CLASSES]
+    assert rows[0]["smoothed_label"] in FER2013_CLASSES
+    # frame 0's smoothed confidence is its own; later ones average the track so far
+    assert float(rows[0]["smoothed_confidence"]) == pytest.approx(float(rows[0]["confidence"]), abs=1e-3)
+    xs = [int(r["x"]) for r in rows]
+    assert xs == sorted(xs) and xs[-1] - xs[0] >= 20  # the face moves right
+    cap = cv2.VideoCapture(str(out_mp4))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8
+    ok, frame = cap.read()
+    assert ok and frame.shape == (240, 320, 3)
+    cap.release()
+    assert "8 frames, 4 recognised, 4 faces" in err
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_video_csv_to_stdout(capsys, clip, fernet_weights):
+    code, out, err = run_cli(capsys, "video", clip, "--model", fernet_weights, "--every", "4")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["frame"] for r in rows] == ["0", "4"] and "smoothed_label" not in rows[0]
+
+
+def test_smoother_follows_the_nearest_face():
+    classes = ("a", "b")
+    s = video.Smoother(3, classes)
+
+    def face(x, pa):
+        return {"box": [x, 0, 20, 20], "probs": {"a": pa, "b": 1 - pa}}
+
+    s.update([face(0, 1.0), face(100, 0.0)])
+    out = s.update([face(105, 0.2), face(3, 0.6)])  # order swapped, both moved a little
+    assert out[0]["smoothed_probs"]["a"] == pytest.approx(0.1)  # (0.0 + 0.2) / 2
+    assert out[1]["smoothed_probs"]["a"] == pytest.approx(0.8)  # (1.0 + 0.6) / 2
+    out = s.update([face(300, 0.3)])  # far from both: a new track
+    assert out[0]["smoothed_probs"]["a"] == pytest.approx(0.3)
+
+
+def test_video_that_cannot_be_opened(capsys, fernet_weights, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 100)
+    code, out, err = run_cli(capsys, "video", bad, "--model", fernet_weights)
+    assert code == 2 and err.strip().splitlines() == [f"ferlab video: error: {bad}: cannot open as a video "
+                                                      "(not a video, or a codec OpenCV cannot read)"]
+    code, out, err = run_cli(capsys, "video", tmp_path / "missing.mp4", "--model", fernet_weights)
+    assert code == 2 and "missing.mp4: no such video file" in err
+
+
+def test_video_unwritable_output(capsys, clip, fernet_weights, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    code, out, err = run_cli(capsys, "video", clip, "--model", fernet_weights, "--out", blocker / "a.mp4")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "file.txt/a.mp4" in err
+
+
+def test_webcam_needs_a_display(monkeypatch):
+    monkeypatch.setattr(video.sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(FerlabError, match="no display available"):
+        video.check_display()
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(video.cv2, "getBuildInformation", lambda: "  GUI:                           NONE\n")
+    with pytest.raises(FerlabError, match="no GUI support.*opencv-python"):
+        video.check_display()
+
+
+def test_webcam_without_a_camera(capsys, monkeypatch, fernet_weights):
+    monkeypatch.setattr(video, "check_display", lambda: None)
+    code, out, err = run_cli(capsys, "webcam", "--camera", "57", "--model", fernet_weights)
+    assert code == 2 and err.strip().splitlines() == ["ferlab webcam: error: camera 57: cannot be opened (no such camera, or it is busy)"]
