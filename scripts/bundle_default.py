@@ -15,8 +15,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import WEIGHTS_DIR, load_model
 from ferlab.evaluate import predict_probs

@@ -23,7 +23,7 @@ COMMANDS = {
     "webcam": ("ferlab.video", "recognise expressions live from a webcam"),
     "export": ("ferlab.export", "export a model to ONNX"),
     "serve": ("ferlab.serve", "run the HTTP service"),
-    "tune": ("ferlab.tune", "hyperparameter search (Optuna)"),
+    "tune": ("ferlab.tune", "sarmah2023's random search over its CNN families (Optuna)"),
     "reproduce": ("ferlab.reproduce", "rerun a paper's experiments and write the report"),
 }
 

@@ -58,6 +58,7 @@ class TrainConfig:
     min_lr: float = 0.0
     early_stop_monitor: str = "val_acc"
     early_stop_patience: int = 0        # 0: off
+    train_fraction: float = 1.0         # train on a seeded, class-stratified fraction of the train split
     class_weights: str = "none"         # none | balanced
     label_smoothing: float = 0.0
     augment: str = "none"               # a preset in ferlab.augment.AUGMENT_PRESETS
@@ -74,8 +75,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise FerlabError("--epochs and --batch-size must be >= 1 and --lr > 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.train_fraction <= 1:
+            raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
         get_augment(self.augment)
 
 
@@ -223,6 +224,8 @@ def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, devi
     augment = get_augment(cfg.augment)
     dtype = autocast_dtype(cfg.amp, device)
     order = torch.randperm(len(images), generator=gen)
+    if 0 < len(order) % cfg.batch_size <= dist.world < len(order):
+        order = order[:-(len(order) % cfg.batch_size)]  # a last batch of one face per process breaks BatchNorm
     n_batches = math.ceil(len(order) / cfg.batch_size)
     weight = None if class_weights is None else class_weights.to(device)
     loss_sum = correct = seen = 0.0
@@ -310,7 +313,12 @@ def load_run_data(cfg: TrainConfig):
     if not train_s or not val_s:
         raise FerlabError(f"{cfg.data}: cannot tell which splits to train and validate on (have: {', '.join(names)}); "
                           "pass --train-splits and --val-splits")
-    return data, data.select(train_s), data.select(val_s), data.select(test_s) if test_s else None
+    train = data.select(train_s)
+    if cfg.train_fraction < 1:
+        from ferlab.data.splits import stratified_split
+        keep = stratified_split(train.labels, (cfg.train_fraction, 1 - cfg.train_fraction), cfg.seed, names=("keep", "drop"))
+        train = train.subset(keep == "keep")
+    return data, train, data.select(val_s), data.select(test_s) if test_s else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,8 +344,14 @@ def write_metrics(out: Path, history: list[dict], cfg: TrainConfig) -> None:
     plot_curves(history, out / "curves.png", title=f"{cfg.recipe or cfg.model} on {Path(cfg.data).name}")
 
 
-def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto", log=print) -> list[dict]:
-    """Train per cfg into run directory `out`; returns the per-epoch metrics history."""
+def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto", log=print,
+        on_epoch_end=None) -> list[dict]:
+    """Train per cfg into run directory `out`; returns the per-epoch metrics history.
+
+    on_epoch_end(row), if given, is called after each epoch's evaluation with its metrics (the same
+    on every process); returning True ends the run after this epoch, as early stopping does (an
+    Optuna pruner, a time budget).
+    """
     from ferlab.models import create_model
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -413,6 +427,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         if scheduler is not None and not step_scheduler:
             scheduler.step(row[cfg.plateau_monitor])
         stopped = stopper.step(row)
+        if on_epoch_end is not None and on_epoch_end(dict(row)):
+            stopped = True
         row["time_s"] = time.time() - t0
         row["stopped"] = stopped
         history.append(row)

@@ -1,0 +1,330 @@
+"""ONNX export: `ferlab export MODEL --onnx model.onnx [--opset 17] [--quantize int8] [--data PATH]`.
+
+The ONNX graph takes "faces", float32 (N, 1, 48, 48) gray pixels in [0, 1] (any batch size N),
+and gives "logits", float32 (N, 7); softmax of the logits gives the class probabilities. The
+model card (architecture, classes, preprocessing, opset, quantisation) goes into the file's
+metadata_props under "ferlab.*" keys and into a sidecar `<name>.json`. Both files are written
+atomically.
+
+After export the graph is run with onnxruntime on faces that look like the real input (crops of
+scikit-image's astronaut with random shifts, zooms, rotations, flips, lighting and noise, or 256
+faces of a data set with --data) and compared with the PyTorch fp32 model: the largest
+difference of any softmax probability must stay below 1e-4, else the export fails.
+
+--quantize int8 writes an int8 model instead: static quantisation (QDQ, per-channel int8
+weights, uint8 activations calibrated on those faces), after the fp32 graph passed the parity
+check. Static, not dynamic: onnxruntime's dynamic quantisation turns convolutions into
+ConvInteger, which ran *slower* than fp32 here (benchmarks/backends.py), while static QDQ ran
+~3x faster and kept PrivateTest accuracy within ~0.1 point. Calibrate with --data: the
+astronaut's variants are one face. The int8 model's agreement with fp32 is printed, not enforced.
+
+The TorchScript-based exporter (`dynamo=False`) is used: it needs only `onnx`, folds BatchNorm
+into the convolutions, and works offline; the torch.export-based one needs onnxscript.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ferlab.atomic import atomic_write
+from ferlab.errors import FerlabError
+
+INPUT_NAME, OUTPUT_NAME = "faces", "logits"
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over all softmax probabilities
+INPUT_SIZE = 48
+PREPROCESSING = {
+    "input": INPUT_NAME, "shape": ["N", 1, INPUT_SIZE, INPUT_SIZE], "dtype": "float32",
+    "pixels": "grayscale, value / 255 (range [0, 1])",
+    "face_crop": "square of 1.15 x the face box side around its centre (MediaPipe box, centre 3% of the box higher), "
+                 "rotated so the eyes are level, area-resized to 48x48 (ferlab.faces.crop_faces)",
+    "output": f"{OUTPUT_NAME}: (N, classes) float32; softmax gives the class probabilities",
+}
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+def to_onnx(model: torch.nn.Module, opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> bytes:
+    """Serialise an eval-mode model as ONNX bytes with a dynamic batch axis; metadata values are
+    stored as strings (dicts/lists as JSON) in metadata_props."""
+    import onnx
+
+    model = model.eval()
+    try:
+        param = next(model.parameters())
+        example = torch.rand(2, 1, INPUT_SIZE, INPUT_SIZE, device=param.device)
+    except StopIteration:
+        example = torch.rand(2, 1, INPUT_SIZE, INPUT_SIZE)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        try:
+            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        except Exception as e:  # unsupported opset or operator: one line for the user
+            raise FerlabError(f"ONNX export failed (opset {opset}): {str(e).strip().splitlines()[0][:300]}") from None
+    proto = onnx.load_from_string(buf.getvalue())
+    set_metadata(proto, {"ferlab.opset": opset, **(metadata or {})})
+    return proto.SerializeToString()
+
+
+def set_metadata(proto, metadata: dict) -> None:
+    """Replace/add metadata_props entries (values that are not strings are stored as JSON)."""
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    for key, value in kept + list(values.items()):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "ferlab"
+
+
+def read_metadata(path_or_bytes) -> dict:
+    """The ferlab.* metadata of an ONNX file, JSON values decoded."""
+    import onnx
+
+    proto = onnx.load_from_string(path_or_bytes) if isinstance(path_or_bytes, bytes) else onnx.load(str(path_or_bytes))
+    out = {}
+    for p in proto.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+def onnx_card(card: dict, opset: int, quantization: str = "none") -> dict:
+    """The metadata stored in the ONNX file, from a model card as load_model returns it."""
+    weights = card.get("weights_path")
+    classes = card.get("classes")
+    if not classes:
+        from ferlab.labels import FER2013_CLASSES
+        classes = list(FER2013_CLASSES)
+    public = {k: v for k, v in card.items() if k != "weights_path"}
+    if weights:
+        public["weights_file"] = Path(weights).name
+        public["weights_sha256"] = file_sha256(weights)
+    return {
+        "ferlab.model": card.get("model", "unknown"),
+        "ferlab.classes": list(classes),
+        "ferlab.preprocessing": {**PREPROCESSING, **({"training_input": card["input"]} if "input" in card else {})},
+        "ferlab.opset": opset,
+        "ferlab.quantization": quantization,
+        "ferlab.card": public,
+    }
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+def create_session(model, threads: int | None = None):
+    """An onnxruntime CPU session for ONNX bytes or a file. threads: intra-op threads (default:
+    torch's thread count, so --threads governs both backends). Idle worker threads do not spin:
+    on a machine busy with other work spinning threads slow everyone down."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        raise FerlabError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def onnx_probabilities(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(N, 48, 48) or (N, 1, 48, 48) float32 in [0, 1] -> (N, C) probabilities."""
+    x = np.asarray(x, np.float32).reshape(len(x), 1, INPUT_SIZE, INPUT_SIZE)
+    out = [session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x[i:i + batch_size])})[0]
+           for i in range(0, len(x), batch_size)]
+    return softmax(np.concatenate(out).astype(np.float64)).astype(np.float32)
+
+
+@torch.inference_mode()
+def torch_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The PyTorch fp32 reference for onnx_probabilities."""
+    x = torch.from_numpy(np.asarray(x, np.float32).reshape(len(x), 1, INPUT_SIZE, INPUT_SIZE))
+    device = next(model.parameters()).device
+    return torch.cat([model(x[i:i + batch_size].to(device)).float().softmax(1).cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
+
+
+def compare(model: torch.nn.Module, session, faces: np.ndarray) -> dict:
+    """Max abs softmax difference and top-1 agreement of an ONNX session against the torch model."""
+    ref, got = torch_probabilities(model, faces), onnx_probabilities(session, faces)
+    return {"max_abs_diff": float(np.abs(ref - got).max()),
+            "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()), "faces": len(faces)}
+
+
+# ---- faces for parity checks and calibration --------------------------------------------------
+
+ASTRONAUT_BOX = (174, 68, 104, 104)  # MediaPipe's box of the face in skimage.data.astronaut()
+
+
+def astronaut_faces(n: int = 64, seed: int = 0) -> np.ndarray:
+    """(n, 48, 48) float32: the astronaut's face under random zoom (0.85-1.4), rotation (±20°),
+    shift (±10%), mirror, brightness/contrast and sensor noise; the first is the plain crop."""
+    import cv2
+    try:
+        from skimage import data
+    except ImportError:
+        raise FerlabError("the parity-check faces come from scikit-image (pip install scikit-image), "
+                          "or pass --data PATH") from None
+    gray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    x, y, w, h = ASTRONAUT_BOX
+    cx, cy, side = x + w / 2, y + h / 2 - 0.03 * h, 1.15 * max(w, h)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, INPUT_SIZE, INPUT_SIZE), np.float32)
+    for i in range(n):
+        plain = i == 0
+        zoom = 1.0 if plain else rng.uniform(0.85, 1.4)
+        angle = 0.0 if plain else rng.uniform(-20, 20)
+        dx, dy = (0.0, 0.0) if plain else rng.uniform(-0.1, 0.1, 2) * side
+        s = INPUT_SIZE / (side * zoom)
+        m = cv2.getRotationMatrix2D((cx + dx, cy + dy), angle, s)
+        m[:, 2] += INPUT_SIZE / 2 - np.array([cx + dx, cy + dy])
+        face = cv2.warpAffine(gray, m, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        if not plain:
+            if rng.random() < 0.5:
+                face = face[:, ::-1]
+            face = (face - 128) * rng.uniform(0.6, 1.4) + 128 + rng.uniform(-40, 40)
+            face = face + rng.normal(0, rng.uniform(0, 8), face.shape)
+        out[i] = np.clip(face, 0, 255) / 255.0
+    return out
+
+
+def dataset_faces(spec: str, n: int = 256, seed: int = 0) -> np.ndarray:
+    """(n, 48, 48) float32: n faces drawn at random (seeded) from a data set (its Training split
+    when it has one: calibration must not see the test faces)."""
+    from ferlab.data import load_dataset
+
+    ds = load_dataset(spec)
+    if "Training" in ds.split_names():
+        ds = ds.select("Training")
+    if len(ds) == 0:
+        raise FerlabError(f"{spec}: the data set has no faces")
+    idx = np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
+    return ds.images[np.sort(idx)].astype(np.float32) / 255.0
+
+
+# ---- int8 ---------------------------------------------------------------------------------------
+
+def quantize_int8(fp32: bytes, calibration: np.ndarray) -> bytes:
+    """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, with activation
+    ranges calibrated on `calibration` faces ((N, 48, 48) float32 in [0, 1])."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    x = np.asarray(calibration, np.float32).reshape(-1, 1, INPUT_SIZE, INPUT_SIZE)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{INPUT_NAME: x[i:i + 32]} for i in range(0, len(x), 32)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="ferlab-quant-") as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        src, pre, dst = (os.path.join(d, f"{name}.onnx") for name in ("fp32", "pre", "int8"))
+        Path(src).write_bytes(fp32)
+        quant_pre_process(src, pre, skip_symbolic_shape=True)
+        quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return Path(dst).read_bytes()
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def export_model(spec: str, out, *, opset: int = DEFAULT_OPSET, quantize: str = "none", data: str | None = None,
+                 log=print) -> dict:
+    """Export MODEL (run dir, weights file or bundled name) to `out`; returns the sidecar card."""
+    from ferlab.checkpoint import load_model
+
+    out = Path(out)
+    if out.is_dir():
+        raise FerlabError(f"{out}: is a directory, expected an .onnx file name")
+    if quantize not in ("none", "int8"):
+        raise FerlabError(f"unknown quantisation {quantize!r} (known: none, int8)")
+    card_path = out.with_suffix(".json")
+    if card_path == out:
+        raise FerlabError(f"{out}: name the ONNX file *.onnx (the card goes to NAME.json)")
+    if card_path.is_file() and '"onnx_file"' not in card_path.read_text(errors="replace"):
+        raise FerlabError(f"{card_path} exists and is not an ONNX card (a weights file's model card?); "
+                          "choose another output name")
+    try:  # fail before the work when the folder cannot exist (e.g. a file is in the way)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FerlabError(f"{out}: cannot write ({e.strerror or e})") from None
+    model, card = load_model(spec, "cpu")
+    faces = dataset_faces(data) if data else astronaut_faces()
+    fp32 = to_onnx(model, opset, onnx_card(card, opset))
+    parity = compare(model, create_session(fp32), faces)
+    log(f"parity (onnxruntime fp32 vs PyTorch fp32, {len(faces)} faces): max |softmax diff| = "
+        f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.1%}")
+    if not parity["max_abs_diff"] < PARITY_TOLERANCE:
+        raise FerlabError(f"ONNX output differs from PyTorch by {parity['max_abs_diff']:.2e} "
+                          f"(tolerance {PARITY_TOLERANCE:g}); not written")
+    result, report = fp32, {"fp32_parity": parity}
+    if quantize == "int8":
+        import onnx
+
+        proto = onnx.load_from_string(quantize_int8(fp32, faces))
+        set_metadata(proto, {"ferlab.quantization": "int8 static QDQ (per-channel int8 weights, uint8 activations)",
+                             "ferlab.calibration": data or "skimage astronaut variants"})
+        result = proto.SerializeToString()
+        int8 = compare(model, create_session(result), faces)
+        log(f"int8 vs PyTorch fp32: max |softmax diff| = {int8['max_abs_diff']:.3f}, "
+            f"top-1 agreement {int8['top1_agreement']:.1%}")
+        report["int8_vs_fp32"] = int8
+    meta = {k.removeprefix("ferlab."): v for k, v in read_metadata(result).items() if k.startswith("ferlab.")}
+    sidecar = {**meta, **report, "onnx_file": out.name, "onnx_sha256": hashlib.sha256(result).hexdigest(),
+               "input": INPUT_NAME, "output": OUTPUT_NAME}
+    try:
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(result))
+        atomic_write(card_path, lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2) + "\n"))
+    except OSError as e:
+        raise FerlabError(f"{out}: cannot write ({e.strerror or e})") from None
+    log(f"wrote {out} ({len(result) / 1e6:.1f} MB) and {card_path}")
+    return sidecar
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="run directory, weights file or bundled name ('default')")
+    p.add_argument("--onnx", required=True, type=Path, metavar="FILE", help="output .onnx file (a sidecar FILE.json card is written too)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: write a statically quantised model (calibrated on the parity faces; use --data)")
+    p.add_argument("--data", help="take the 256 parity/calibration faces from this data set (default: astronaut variants)")
+
+
+def run(args) -> int:
+    export_model(args.model, args.onnx, opset=args.opset, quantize=args.quantize, data=args.data)
+    return 0

@@ -1,0 +1,270 @@
+"""The HTTP service: `ferlab serve [--host 127.0.0.1] [--port 8000] [--model default] [--max-upload-mb 10]`.
+
+    POST /v1/predict   multipart/form-data, the photo in field "image" (or the raw file as the body
+                       with Content-Type image/* or application/octet-stream)
+                       -> {"faces": [{"box", "score", "label", "confidence", "probs"}, ...],
+                           "width": W, "height": H}   (as Recognizer.predict; W x H: the upright image)
+    GET  /healthz      -> {"status": "ok", "model": ..., "classes": [...], "backend": ..., "detector": ...}
+    GET  /             the web page (static/index.html: photo, drag-and-drop or webcam)
+    GET  /openapi.json the API description
+
+Errors are JSON `{"detail": "one line"}`, never a stack trace: 413 upload over --max-upload-mb
+(refused from Content-Length before reading, and counted while reading for chunked uploads) or
+image above Pillow's decoding limit; 415 not multipart, or the file is not an image; 400 a
+corrupt image or malformed form; 422 no file in field "image"; 500 anything unexpected (logged).
+
+The Recognizer is loaded once, at start-up (the app's lifespan; `ferlab serve` loads it before
+binding the port so a bad --model is a one-line error). Requests run in Starlette's threadpool:
+up to `decode_slots` (= CPU count, at least 2) decode uploads at once, bounding memory, and
+detection + classification run under one lock, because MediaPipe's detector object is not
+thread-safe (and on a CPU, classifying one request at a time with all threads costs no
+throughput). The classifier defaults to `--backend auto`: onnxruntime when installed, ~3x
+faster than PyTorch fp32 here (see predict.OnnxClassifier).
+"""
+
+import argparse
+import io
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import warnings
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from ferlab.errors import FerlabError
+
+STATIC_DIR = Path(__file__).parent / "static"
+MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers allowed on top of the file
+CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
+       "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+log = logging.getLogger("ferlab.serve")
+
+
+class ApiError(Exception):
+    """An error answered as JSON {"detail": message} with an HTTP status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Service:
+    """One Recognizer shared by all requests, with the lock and limits around it."""
+
+    def __init__(self, recognizer, max_upload_bytes: int, name: str = ""):
+        self.rec = recognizer
+        self.max_upload_bytes = max_upload_bytes
+        self.name = name
+        self.lock = threading.Lock()  # detector (MediaPipe) + classifier: one request at a time
+        self.decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+
+    def info(self) -> dict:
+        card = self.rec.card
+        weights = card.get("weights_path")
+        return {"status": "ok", "model": card.get("model", self.name or "custom"),
+                "weights": Path(weights).name if weights else None, "classes": list(self.rec.classes),
+                "backend": getattr(self.rec, "backend", "torch"), "detector": getattr(self.rec.detector, "name", "?")}
+
+    def predict(self, data: bytes) -> dict:
+        """Image file bytes -> the response body. Blocking: call from a worker thread."""
+        with self.decode_slots:
+            pixels, scale = decode(data)
+            with self.lock:
+                faces = self.rec.predict_pixels(pixels, scale)
+        h, w = pixels.shape[:2]
+        return {"faces": faces, "width": int(round(w * scale)), "height": int(round(h * scale))}
+
+
+def decode(data: bytes):
+    """Image bytes -> (RGB pixels, scale) via predict.load_image (EXIF orientation, JPEG draft
+    decoding of huge photos, Pillow's decompression-bomb limit); ApiError for bad input."""
+    from PIL import Image
+
+    from ferlab.predict import load_image
+
+    if not data:
+        raise ApiError(400, "the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Image.open(io.BytesIO(data)).close()  # header only: is this an image at all?
+    except Image.UnidentifiedImageError:
+        raise ApiError(415, "the upload is not an image (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError:
+        pass  # load_image decodes big JPEGs at reduced scale and refuses the rest
+    except Exception as e:  # noqa: BLE001 - any decoder failure is bad input
+        raise ApiError(400, f"corrupt image ({type(e).__name__})") from None
+    with tempfile.NamedTemporaryFile(prefix="ferlab-upload-", suffix=".img") as f:
+        f.write(data)
+        f.flush()
+        try:
+            return load_image(f.name)
+        except FerlabError as e:
+            message = str(e).replace(f"{f.name}: ", "")
+            raise ApiError(413 if "decoding limit" in message else 400, message) from None
+
+
+async def read_image_field(request, max_bytes: int) -> bytes:
+    """The bytes of the multipart field "image" (or of a raw image body), refusing more than
+    max_bytes before reading (Content-Length) and while reading (chunked uploads)."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    limit_mb = f"{max_bytes / 1e6:g} MB"
+    content_type = request.headers.get("content-type", "").lower()
+    raw = content_type.startswith(("image/", "application/octet-stream"))
+    if not raw and not content_type.startswith("multipart/form-data"):
+        raise ApiError(415, "send the photo as multipart/form-data in a field named 'image'")
+    body_limit = max_bytes + (0 if raw else MULTIPART_OVERHEAD)
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.strip().isdigit():
+            raise ApiError(400, "invalid Content-Length header")
+        if int(length) > body_limit:
+            raise ApiError(413, f"upload of {int(length) / 1e6:.1f} MB is above the {limit_mb} limit")
+
+    async def limited():
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > body_limit:
+                raise ApiError(413, f"upload is above the {limit_mb} limit")
+            yield chunk
+
+    if raw:
+        return b"".join([chunk async for chunk in limited()])
+    parser = MultiPartParser(request.headers, limited(), max_files=1, max_fields=16, max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise ApiError(400, f"malformed multipart form ({e.message})") from None
+    try:
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "no file in the form field 'image'")
+        data = await upload.read()
+    finally:
+        await form.close()
+    if len(data) > max_bytes:
+        raise ApiError(413, f"image of {len(data) / 1e6:.1f} MB is above the {limit_mb} limit")
+    return data
+
+
+def create_app(model="default", *, max_upload_mb: float = 10.0, recognizer=None, **recognizer_kwargs):
+    """The FastAPI app. The Recognizer is built at start-up from `model` and `recognizer_kwargs`
+    (see predict.Recognizer), unless an already-built `recognizer` is given (then the app
+    closes it at shutdown all the same)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from ferlab.predict import Recognizer
+
+    @asynccontextmanager
+    async def lifespan(app):
+        rec = recognizer if recognizer is not None else await run_in_threadpool(lambda: Recognizer(model, **recognizer_kwargs))
+        app.state.service = Service(rec, int(max_upload_mb * 1e6), str(model))
+        try:
+            yield
+        finally:
+            rec.close()
+
+    # No /docs: Swagger UI loads its scripts from a CDN, and everything here must work offline.
+    app = FastAPI(title="ferlab", summary="facial expression recognition", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if response.headers.get("content-type", "").startswith("text/html"):
+            response.headers.setdefault("Content-Security-Policy", CSP)
+        return response
+
+    def service(request: Request) -> Service:
+        svc = getattr(request.app.state, "service", None)
+        if svc is None:
+            raise ApiError(503, "the model is still loading")
+        return svc
+
+    @app.get("/healthz")
+    async def healthz(request: Request):
+        return service(request).info()
+
+    @app.post("/v1/predict")
+    async def predict(request: Request):
+        svc = service(request)
+        data = await read_image_field(request, svc.max_upload_bytes)
+        return await run_in_threadpool(svc.predict, data)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ferlab.predict import add_model_arguments
+
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted photo in MB (default 10)")
+    add_model_arguments(parser)
+    parser.set_defaults(backend="auto")
+    parser.epilog = "The service has no authentication: keep it on loopback or behind a proxy that adds it."
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401  (python-multipart)
+    except ImportError as e:
+        raise FerlabError(f"ferlab serve needs fastapi, uvicorn and python-multipart (pip install 'ferlab[serve]'): {e}") from None
+    from ferlab.predict import recognizer_from_args
+
+    if not 0 < args.port < 65536:
+        raise FerlabError(f"--port must be 1-65535, got {args.port}")
+    if args.max_upload_mb <= 0:
+        raise FerlabError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    rec = recognizer_from_args(args)  # here, not in the lifespan: a bad --model is a one-line error
+    app = create_app(args.model, max_upload_mb=args.max_upload_mb, recognizer=rec)
+    if not is_loopback(args.host):
+        print(f"ferlab serve: warning: listening on {args.host} without authentication: anyone who can reach "
+              "this port can use the service", file=sys.stderr)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"ferlab serve: model {args.model} ({rec.backend} backend, {rec.detector.name} detector) "
+          f"on http://{shown}:{args.port}/", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    return 0

@@ -1,0 +1,165 @@
+"""ONNX export (`ferlab export`) and the Recognizer's onnxruntime backend."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import ferlab.export as export  # noqa: E402
+from ferlab.checkpoint import load_model  # noqa: E402
+from ferlab.cli import main  # noqa: E402
+from ferlab.errors import FerlabError  # noqa: E402
+from ferlab.labels import FER2013_CLASSES  # noqa: E402
+from ferlab.predict import Recognizer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def exported(fernet_weights, tmp_path_factory):
+    """fernet_s (random weights) exported by the command, with its printed output."""
+    out = tmp_path_factory.mktemp("onnx") / "fernet.onnx"
+    lines = []
+    export.export_model(str(fernet_weights), out, log=lines.append)
+    return out, "\n".join(lines)
+
+
+def session(path):
+    return export.create_session(path, threads=1)
+
+
+def test_export_passes_parity_and_prints_the_difference(exported):
+    path, printed = exported
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    assert "max |softmax diff| = " in printed
+    diff = float(printed.split("max |softmax diff| = ")[1].split(",")[0])
+    assert diff < 1e-4
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_dynamic_batch_matches_pytorch(exported, fernet_weights):
+    model, _ = load_model(str(fernet_weights))
+    sess = session(exported[0])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert inp.name == "faces" and inp.shape[1:] == [1, 48, 48] and isinstance(inp.shape[0], str)
+    assert out.name == "logits" and out.shape[1] == 7
+    faces = export.astronaut_faces(5)
+    for n in (1, 5):
+        x = faces[:n, None]
+        logits = sess.run(None, {"faces": x})[0]
+        assert logits.shape == (n, 7)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).softmax(1).numpy()
+        assert np.abs(export.softmax(logits) - ref).max() < 1e-4
+
+
+def test_metadata_and_sidecar_card(exported):
+    import onnx
+
+    path, _ = exported
+    proto = onnx.load(str(path))
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    meta = export.read_metadata(path)
+    assert meta["ferlab.model"] == "fernet_s" and meta["ferlab.opset"] == 17
+    assert meta["ferlab.classes"] == list(FER2013_CLASSES)
+    assert meta["ferlab.preprocessing"]["input"] == "faces" and "255" in meta["ferlab.preprocessing"]["pixels"]
+    assert meta["ferlab.quantization"] == "none"
+    assert "weights_path" not in meta["ferlab.card"] and len(meta["ferlab.card"]["weights_sha256"]) == 64
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["model"] == "fernet_s" and card["classes"] == list(FER2013_CLASSES) and card["opset"] == 17
+    assert card["fp32_parity"]["max_abs_diff"] < 1e-4 and card["onnx_file"] == "fernet.onnx"
+
+
+def test_int8_file_is_written_and_runs(capsys, fernet_weights, exported, tmp_path):
+    out = tmp_path / "fernet.int8.onnx"
+    code, stdout, err = run_cli(capsys, "export", fernet_weights, "--onnx", out, "--quantize", "int8", "--opset", "13")
+    assert code == 0, err
+    assert "int8 vs PyTorch fp32" in stdout
+    assert out.stat().st_size < exported[0].stat().st_size / 2.5  # int8 weights
+    meta = export.read_metadata(out)
+    assert meta["ferlab.quantization"].startswith("int8") and meta["ferlab.opset"] == 13
+    probs = export.onnx_probabilities(session(out), export.astronaut_faces(3))
+    assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert 0 <= card["int8_vs_fp32"]["top1_agreement"] <= 1
+
+
+def test_bad_model_is_a_one_line_error(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "export", "no-such-model", "--onnx", tmp_path / "m.onnx")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("ferlab export: error: no-such-model")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not safetensors")
+    code, out, err = run_cli(capsys, "export", junk, "--onnx", tmp_path / "m.onnx")
+    assert code == 2 and err.count("\n") == 1 and "junk.safetensors" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_unwritable_output_is_a_clean_error(capsys, fernet_weights, tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file, not a folder")
+    code, out, err = run_cli(capsys, "export", fernet_weights, "--onnx", blocker / "m.onnx")
+    assert code == 2 and err.count("\n") == 1 and "file.txt/m.onnx" in err
+    code, out, err = run_cli(capsys, "export", fernet_weights, "--onnx", tmp_path)
+    assert code == 2 and "is a directory" in err
+    card = tmp_path / "best.json"  # a run directory's model card must not be overwritten by the sidecar
+    card.write_text('{"model": "fernet_s"}')
+    code, out, err = run_cli(capsys, "export", fernet_weights, "--onnx", tmp_path / "best.onnx")
+    assert code == 2 and "not an ONNX card" in err and card.read_text() == '{"model": "fernet_s"}'
+
+
+def test_parity_failure_writes_nothing(fernet_weights, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", 0.0)
+    with pytest.raises(FerlabError, match="differs from PyTorch"):
+        export.export_model(str(fernet_weights), tmp_path / "m.onnx", log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- Recognizer(backend="onnx") -----------------------------------------------------------------
+
+def test_onnx_backend_matches_torch(fernet_weights):
+    x = np.random.default_rng(0).random((9, 48, 48), dtype=np.float32)
+    ref = Recognizer(fernet_weights, detector="none").probabilities(x)
+    rec = Recognizer(fernet_weights, detector="none", backend="onnx", batch_size=4)
+    assert rec.backend == "onnx" and rec.onnx is not None
+    np.testing.assert_allclose(rec.probabilities(x), ref, atol=1e-5)
+    flip_ref = Recognizer(fernet_weights, detector="none", tta="flip").probabilities(x)
+    flip = Recognizer(fernet_weights, detector="none", tta="flip", backend="onnx").probabilities(x)
+    np.testing.assert_allclose(flip, flip_ref, atol=1e-5)
+
+
+def test_onnx_backend_on_a_photo(recognizer, fernet_weights, astronaut):
+    ref = recognizer.predict(astronaut)
+    with Recognizer(fernet_weights, detector="mediapipe", backend="onnx") as rec:
+        got = rec.predict(astronaut)
+    assert len(got) == 1 and got[0]["box"] == ref[0]["box"]
+    for c in FER2013_CLASSES:
+        assert got[0]["probs"][c] == pytest.approx(ref[0]["probs"][c], abs=1e-5)
+
+
+def test_backend_choice(fernet_weights):
+    assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "onnx"
+    assert Recognizer(fernet_weights, detector="none", backend="auto", precision="bf16").backend == "torch"
+    assert Recognizer(fernet_weights, detector="none").backend == "torch"
+    with pytest.raises(FerlabError, match="fp32 only"):
+        Recognizer(fernet_weights, detector="none", backend="onnx", precision="bf16")
+    with pytest.raises(FerlabError, match="unknown backend"):
+        Recognizer(fernet_weights, detector="none", backend="tensorrt")
+
+
+def test_auto_falls_back_to_torch_when_export_fails(fernet_weights, monkeypatch):
+    def broken(*args, **kwargs):
+        raise FerlabError("ONNX export failed (opset 17): unsupported operator")
+    monkeypatch.setattr(export, "to_onnx", broken)
+    assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "torch"
+    with pytest.raises(FerlabError, match="export failed"):
+        Recognizer(fernet_weights, detector="none", backend="onnx")

@@ -1,0 +1,183 @@
+"""`ferlab tune` on a tiny synthetic FER2013 CSV: it runs a study into SQLite and writes best.json,
+extends and resumes a study (also after a worker is killed mid-trial), shares one study between
+two worker processes without losing or duplicating trials, and refuses other settings."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from ferlab.cli import main  # noqa: E402
+
+TINY_SPACE = '{"first_filters": [4, 8, 4], "max_filters": [8, 16, 8]}'
+ENV = {"OMP_NUM_THREADS": "1"}  # the machine is shared: one thread per worker
+
+
+def synthetic_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Separable 7-class toy data: a bright square whose position encodes the class, on noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 7, n)
+    images = rng.integers(0, 80, (n, 48, 48)).astype(np.uint8)
+    for c in range(7):
+        r, col = divmod(c, 3)
+        images[labels == c, 3 + r * 15: 15 + r * 15, 3 + col * 15: 15 + col * 15] = 230
+    return images, labels
+
+
+def write_csv(path: Path, n_train=140, n_val=42, n_test=42, seed=0) -> Path:
+    """A FER2013-layout CSV (emotion, pixels, Usage) of synthetic faces."""
+    images, labels = synthetic_faces(n_train + n_val + n_test, seed)
+    usage = ["Training"] * n_train + ["PublicTest"] * n_val + ["PrivateTest"] * n_test
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        for img, y, u in zip(images, labels, usage):
+            w.writerow([int(y), " ".join(map(str, img.ravel())), u])
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_csv(tmp_path_factory):
+    os.environ.setdefault("FERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv")
+
+
+def tune_args(data, tmp: Path, trials: int, *extra) -> list[str]:
+    return ["tune", "--data", str(data), "--trials", str(trials), "--epochs", "1", "--space", TINY_SPACE,
+            "--storage", f"sqlite:///{tmp}/tune.db", "--out", str(tmp / "runs"), *map(str, extra)]
+
+
+def ferlab_process(args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ferlab", *args], env={**os.environ, **ENV}, text=True, **kwargs)
+
+
+def load_study(tmp: Path):
+    return optuna.load_study(study_name="sarmah2023-8conv", storage=f"sqlite:///{tmp}/tune.db")
+
+
+def states(study) -> dict:
+    out = {}
+    for t in study.get_trials():
+        out[t.state.name] = out.get(t.state.name, 0) + 1
+    return out
+
+
+def test_study_runs_and_writes_best_json(toy_csv, tmp_path, one_thread, capsys):
+    assert main(tune_args(toy_csv, tmp_path, 3)) == 0
+    study = load_study(tmp_path)
+    assert states(study) == {"COMPLETE": 3}
+    best = json.loads((tmp_path / "runs" / "best.json").read_text())
+    assert best["value"] == pytest.approx(max(t.value for t in study.trials))
+    assert best["model"] == "sarmah2023_8conv" and set(best["params"]) == {"first_filters", "max_filters", "conv_dropout", "dense_dropout"}
+    assert best["model_kwargs"]["first_filters"] in (4, 8)
+    for t in study.trials:   # every trial is a ferlab train run directory
+        run = tmp_path / "runs" / t.user_attrs["run_dir"]
+        assert (run / "metrics.csv").is_file() and (run / "best.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "| rank | trial | val acc |" in out and "best: trial" in out
+
+    # the study remembers its settings: resuming with others is refused in one line
+    assert main(tune_args(toy_csv, tmp_path, 4, "--lr", "0.01")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other settings" in err and "lr" in err and len(err.splitlines()) == 1
+    assert len(load_study(tmp_path).trials) == 3
+
+
+def test_rerun_extends_the_study(toy_csv, tmp_path, one_thread):
+    assert main(tune_args(toy_csv, tmp_path, 2)) == 0
+    assert main(tune_args(toy_csv, tmp_path, 2)) == 0          # already done: no new trial
+    assert len(load_study(tmp_path).trials) == 2
+    # a higher target continues the same study (here with TPE and the median pruner)
+    assert main(tune_args(toy_csv, tmp_path, 4, "--sampler", "tpe", "--pruner", "median")) == 0
+    study = load_study(tmp_path)
+    assert states(study) == {"COMPLETE": 4}
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+
+
+def test_killed_worker_is_retried_from_its_last_epoch(toy_csv, tmp_path, one_thread, capsys):
+    args = tune_args(toy_csv, tmp_path, 2, "--heartbeat", 1)
+    args[args.index("--epochs") + 1] = "3"
+    proc = ferlab_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "runs" / "trial-0001" / "metrics.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = metrics.read_text().splitlines()
+    assert 2 <= len(before) <= 3, "the worker should have been killed during trial 1"
+    assert states(load_study(tmp_path)) == {"COMPLETE": 1, "RUNNING": 1}
+
+    # The same command again: trial 1 goes stale (no heartbeat for 2 s), fails, and is retried with
+    # its parameters in its run directory, from the last epoch the dead worker finished.
+    assert main(args) == 0
+    study = load_study(tmp_path)
+    assert states(study) == {"COMPLETE": 2, "FAIL": 1}
+    retry = study.trials[2]
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["run_dir"] == "trial-0001"
+    assert retry.params == study.trials[1].params
+    after = metrics.read_text().splitlines()
+    assert len(after) == 4 and after[:len(before)] == before  # the epochs done before the kill are kept
+    assert "(resuming)" in capsys.readouterr().out
+
+
+def test_two_workers_share_one_study(toy_csv, tmp_path, one_thread, capsys):
+    args = tune_args(toy_csv, tmp_path, 6)
+    other = ferlab_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120   # let the other worker start its first trial, then join in this process
+    while time.time() < deadline and not (tmp_path / "runs" / "trial-0000").exists() and other.poll() is None:
+        time.sleep(0.05)
+    assert main(args) == 0
+    out, err = other.communicate(timeout=300)
+    assert other.returncode == 0, err[-2000:]
+    study = load_study(tmp_path)
+    assert states(study) == {"COMPLETE": 6}
+    assert sorted(t.number for t in study.trials) == list(range(6))
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == 6, "workers must not draw the same parameters"
+    assert len({t.user_attrs["run_dir"] for t in study.trials}) == 6
+    ran = [sum(line.startswith("trial ") for line in text.splitlines()) for text in (out, capsys.readouterr().out)]
+    assert sum(ran) == 6 and min(ran) >= 1, f"both workers should have run trials, ran {ran}"
+    assert (tmp_path / "runs" / "best.json").is_file()
+
+
+def test_epoch_callback_can_stop_a_run(toy_csv, tmp_path, one_thread):
+    from ferlab.tune import _fit_with_epoch_callback, read_history
+    from ferlab.train import TrainConfig
+
+    cfg = TrainConfig(model="sarmah2023_8conv", model_kwargs={"first_filters": 4, "max_filters": 8}, data=str(toy_csv),
+                      epochs=3, batch_size=32, test_splits="")
+    seen = []
+    _fit_with_epoch_callback(cfg, tmp_path / "run", False, "cpu", lambda m: None,
+                             lambda row: seen.append(row["epoch"]) or True)
+    assert seen == [1] and [r["epoch"] for r in read_history(tmp_path / "run")] == [1]
+
+
+def test_bad_options_fail_in_one_line(toy_csv, tmp_path, capsys):
+    assert main(tune_args(toy_csv, tmp_path, 1) + ["--space", '{"kernels": [1, 2, 1]}']) == 2
+    assert main(tune_args(tmp_path / "missing.csv", tmp_path, 1)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "unknown parameter" in err[0] and "missing.csv" in err[1]
+
+
+def _has_train_fraction() -> bool:
+    from dataclasses import fields
+    from ferlab.train import TrainConfig
+    return "train_fraction" in {f.name for f in fields(TrainConfig)}
+
+
+@pytest.mark.skipif(not _has_train_fraction(), reason="needs TrainConfig.train_fraction in ferlab.train")
+def test_train_fraction_shrinks_every_trial(toy_csv, tmp_path, one_thread, capsys):
+    assert main(tune_args(toy_csv, tmp_path, 1, "--train-fraction", 0.5)) == 0
+    faces = int(re.search(r"training sarmah2023_8conv on (\d+) faces", capsys.readouterr().out).group(1))
+    assert abs(faces - 70) <= 4   # half of the 140 Training faces, stratified per class
