@@ -12,7 +12,7 @@ import pytest
 
 from ferlab.cli import main
 from ferlab.labels import CKPLUS_CLASSES, FER2013_CLASSES
-from test_tune import synthetic_faces, write_csv
+from synthetic import synthetic_faces, write_csv
 
 # Numbers each paper reports; the report must show every one of them next to ours.
 PAPER_NUMBERS = {
@@ -41,7 +41,7 @@ def image_folders(root, classes, n, subjects=False, seed=1):
 def data(tmp_path_factory):
     os.environ.setdefault("FERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     root = tmp_path_factory.mktemp("data")
-    csv = write_csv(root / "toy.csv")
+    csv = write_csv(root / "toy.csv", n_train=140, n_val=42, n_test=42)
     mux = image_folders(root / "mux", FER2013_CLASSES, 56)
     ck = image_folders(root / "ck", CKPLUS_CLASSES, 70, subjects=True, seed=2)
     return {"csv": csv, "fergit": f"fergit:{csv},{mux}", "ckplus": ck}

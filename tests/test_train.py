@@ -17,32 +17,10 @@ import torch
 
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_state
-from ferlab.errors import FerlabError
 from ferlab.train import TrainConfig, balanced_class_weights, fit
+from synthetic import write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
-
-
-def synthetic_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Separable 7-class toy data: a bright square whose position encodes the class, on noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 7, n)
-    images = rng.integers(0, 80, (n, 48, 48)).astype(np.uint8)
-    for c in range(7):
-        r, col = divmod(c, 3)
-        images[labels == c, 3 + r * 15: 15 + r * 15, 3 + col * 15: 15 + col * 15] = 230
-    return images, labels
-
-
-def write_csv(path: Path, n_train=420, n_val=140, n_test=140, seed=0) -> Path:
-    images, labels = synthetic_faces(n_train + n_val + n_test, seed)
-    usage = ["Training"] * n_train + ["PublicTest"] * n_val + ["PrivateTest"] * n_test
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["emotion", "pixels", "Usage"])
-        for img, y, u in zip(images, labels, usage):
-            w.writerow([int(y), " ".join(map(str, img.ravel())), u])
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 extends and resumes a study (also after a worker is killed mid-trial), shares one study between
 two worker processes without losing or duplicating trials, and refuses other settings."""
 
-import csv
 import json
 import os
 import re
@@ -12,44 +11,21 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 optuna = pytest.importorskip("optuna")
 
 from ferlab.cli import main  # noqa: E402
+from synthetic import write_csv  # noqa: E402
 
 TINY_SPACE = '{"first_filters": [4, 8, 4], "max_filters": [8, 16, 8]}'
 ENV = {"OMP_NUM_THREADS": "1"}  # the machine is shared: one thread per worker
 
 
-def synthetic_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Separable 7-class toy data: a bright square whose position encodes the class, on noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 7, n)
-    images = rng.integers(0, 80, (n, 48, 48)).astype(np.uint8)
-    for c in range(7):
-        r, col = divmod(c, 3)
-        images[labels == c, 3 + r * 15: 15 + r * 15, 3 + col * 15: 15 + col * 15] = 230
-    return images, labels
-
-
-def write_csv(path: Path, n_train=140, n_val=42, n_test=42, seed=0) -> Path:
-    """A FER2013-layout CSV (emotion, pixels, Usage) of synthetic faces."""
-    images, labels = synthetic_faces(n_train + n_val + n_test, seed)
-    usage = ["Training"] * n_train + ["PublicTest"] * n_val + ["PrivateTest"] * n_test
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["emotion", "pixels", "Usage"])
-        for img, y, u in zip(images, labels, usage):
-            w.writerow([int(y), " ".join(map(str, img.ravel())), u])
-    return path
-
-
 @pytest.fixture(scope="module")
 def toy_csv(tmp_path_factory):
     os.environ.setdefault("FERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv")
+    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", n_train=140, n_val=42, n_test=42)
 
 
 def tune_args(data, tmp: Path, trials: int, *extra) -> list[str]:
