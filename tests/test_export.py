@@ -149,7 +149,8 @@ def test_onnx_backend_on_a_photo(recognizer, fernet_weights, astronaut):
 def test_backend_choice(fernet_weights):
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "onnx"
     assert Recognizer(fernet_weights, detector="none", backend="auto", precision="bf16").backend == "torch"
-    assert Recognizer(fernet_weights, detector="none").backend == "torch"
+    assert Recognizer(fernet_weights, detector="none").backend == "onnx"  # auto is the default
+    assert Recognizer(fernet_weights, detector="none", backend="torch").backend == "torch"
     with pytest.raises(FerlabError, match="fp32 only"):
         Recognizer(fernet_weights, detector="none", backend="onnx", precision="bf16")
     with pytest.raises(FerlabError, match="unknown backend"):

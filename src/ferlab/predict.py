@@ -62,15 +62,15 @@ class Recognizer:
     AVX512-BF16, see benchmarks/inference_speed.py; probabilities move by up to ~1e-2).
     channels_last: NHWC memory layout (default on: 1.2-1.5x faster on CPU, same fp32 results
     up to summation order, ~1e-6).
-    backend: "torch" (default), "onnx" (the classifier exported to ONNX in memory when the
+    backend: "torch", "onnx" (the classifier exported to ONNX in memory when the
     Recognizer is created, ~0.3 s, and run by onnxruntime: fp32 only, CPU only; probabilities
-    within ~1e-6 of torch's) or "auto" (onnx when onnxruntime is importable, the device is the
+    within ~1e-6 of torch's) or "auto", the default (onnx when onnxruntime is importable, the device is the
     CPU, precision is fp32 and the model exports, else torch). See OnnxClassifier for why.
     """
 
     def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "none",
                  precision: str = "fp32", channels_last: bool = True, classes=None, align: bool = True,
-                 backend: str = "torch"):
+                 backend: str = "auto"):
         if tta not in TTA_MODES:
             raise FerlabError(f"unknown tta {tta!r} (known: {', '.join(TTA_MODES)})")
         if precision not in PRECISIONS:
@@ -509,7 +509,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC memory layout (default: on, faster on CPU)")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per classifier batch")
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="classifier runtime: torch, onnx (onnxruntime, faster on CPU) or auto (onnx when usable)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other work)")
