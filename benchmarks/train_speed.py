@@ -41,7 +41,7 @@ def measure(model_name: str, variant: str, batch_size: int, steps: int, augment:
     gen = torch.Generator().manual_seed(0)
     device = torch.device("cpu")
     warm = 2 * batch_size
-    train_one_epoch(model, opt, images[:warm], labels[:warm], cfg, device=device, gen=gen)
+    train_one_epoch(model, opt, images[:warm], labels[:warm], cfg, device=device, gen=gen)  # warm-up
     t = time.perf_counter()
     train_one_epoch(model, opt, images, labels, cfg, device=device, gen=gen)
     train_ips = len(images) / (time.perf_counter() - t)
