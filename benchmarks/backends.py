@@ -28,11 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ferlab.checkpoint import WEIGHTS_DIR, save_weights  # noqa: E402
 from ferlab.export import astronaut_faces, create_session, dataset_faces, quantize_int8, to_onnx  # noqa: E402
-from ferlab.labels import FER2013_CLASSES  # noqa: E402
-from ferlab.models import create_model  # noqa: E402
 from ferlab.predict import Recognizer  # noqa: E402
+from inference_speed import model_spec  # noqa: E402  (same folder: the scripts run from benchmarks/)
 
 
 def timed(fn, seconds, min_runs=3):
@@ -44,17 +42,6 @@ def timed(fn, seconds, min_runs=3):
         fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def model_spec(arg, tmp):
-    if arg:
-        return arg
-    if (WEIGHTS_DIR / "default.safetensors").is_file():
-        return "default"
-    torch.manual_seed(0)
-    path = Path(tmp) / "fernet_s_random.safetensors"
-    save_weights(path, create_model("fernet_s"), {"model": "fernet_s", "model_kwargs": {}, "classes": list(FER2013_CLASSES)})
-    return str(path)
 
 
 def test_split(spec):
