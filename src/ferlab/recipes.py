@@ -46,6 +46,10 @@ RECIPES = {
     "fernet": dict(model="fernet_s", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=40,
                    batch_size=128, schedule="onecycle", label_smoothing=0.1, augment="fernet", ema=0.998,
                    **FER2013_OFFICIAL),
+    # The same recipe for FERNet-M, run longer: the bundled default since v0.2.
+    "fernet_m": dict(model="fernet_m", optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=70,
+                     batch_size=128, schedule="onecycle", label_smoothing=0.1, augment="fernet", ema=0.998,
+                     **FER2013_OFFICIAL),
 }
 
 
