@@ -5,18 +5,35 @@ import pytest
 import torch
 
 from ferlab.checkpoint import save_weights
-from ferlab.labels import FER2013_CLASSES
+from ferlab.labels import FER2013_CLASSES, FERPLUS8_CLASSES
 from ferlab.models import create_model
+
+
+def random_weights(folder, name: str, seed: int, classes=FER2013_CLASSES):
+    """A fernet_s with random (seeded) weights for `classes`, saved as folder/name.safetensors."""
+    torch.manual_seed(seed)
+    kwargs = {} if len(classes) == 7 else {"num_classes": len(classes)}
+    path = folder / f"{name}.safetensors"
+    save_weights(path, create_model("fernet_s", **kwargs), {"model": "fernet_s", "model_kwargs": kwargs, "classes": list(classes)})
+    return path
 
 
 @pytest.fixture(scope="session")
 def fernet_weights(tmp_path_factory):
     """A fernet_s with random (seeded) weights saved as a ferlab .safetensors file."""
-    torch.manual_seed(0)
-    model = create_model("fernet_s")
-    path = tmp_path_factory.mktemp("weights") / "fernet_s_random.safetensors"
-    save_weights(path, model, {"model": "fernet_s", "model_kwargs": {}, "classes": list(FER2013_CLASSES)})
-    return path
+    return random_weights(tmp_path_factory.mktemp("weights"), "fernet_s_random", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_weights(tmp_path_factory):
+    """A second 7-class fernet_s, with other random weights: the other member of a test ensemble."""
+    return random_weights(tmp_path_factory.mktemp("weights"), "fernet_s_other", seed=1)
+
+
+@pytest.fixture(scope="session")
+def ferplus8_weights(tmp_path_factory):
+    """An 8-class fernet_s (FER2013 classes + contempt): cannot join a 7-class ensemble."""
+    return random_weights(tmp_path_factory.mktemp("weights"), "fernet_s_ferplus8", seed=2, classes=FERPLUS8_CLASSES)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ from ferlab.checkpoint import load_model
 from ferlab.cli import main
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES
+from ferlab.evaluate import predict_probs
 from ferlab.predict import Recognizer, faces_to_input, load_image
+from synthetic import synthetic_faces
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,8 +91,8 @@ def test_bad_arrays_and_options(recognizer, fernet_weights):
         recognizer.predict(np.zeros((10, 10, 5), np.uint8))
     with pytest.raises(FerlabError, match="expected a path"):
         recognizer.predict(12)
-    with pytest.raises(FerlabError, match="tta"):
-        Recognizer(fernet_weights, tta="tencrop")
+    with pytest.raises(FerlabError, match=r"unknown tta 'rotate' \(known: none, flip, tencrop\)"):
+        Recognizer(fernet_weights, tta="rotate")
     with pytest.raises(FerlabError, match="detector"):
         Recognizer(fernet_weights, detector="yolo")
     with pytest.raises(FerlabError, match="no-such"):
@@ -129,6 +131,58 @@ def test_flip_tta_averages_the_mirror(fernet_weights):
     expected = (softmax_of(fernet_weights, x) + softmax_of(fernet_weights, np.ascontiguousarray(x[:, :, ::-1]))) / 2
     rec = Recognizer(fernet_weights, detector="none", tta="flip", batch_size=2)
     np.testing.assert_allclose(rec.probabilities(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_tencrop_tta_is_the_one_evaluate_uses(fernet_weights, backend):
+    """Recognizer and `ferlab evaluate` share ferlab.tta: same faces, same fp32 probabilities."""
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    faces, _ = synthetic_faces(6, seed=3)  # a bright square off-centre: crops and mirrors see different faces
+    x = faces.astype(np.float32) / 255
+    rec = Recognizer(fernet_weights, detector="none", tta="tencrop", backend=backend, batch_size=4)
+    got = rec.probabilities(x)
+    np.testing.assert_allclose(got.sum(1), 1, atol=1e-5)
+    assert np.abs(got - Recognizer(fernet_weights, detector="none", backend=backend).probabilities(x)).max() > 1e-3
+    model, _ = load_model(str(fernet_weights))
+    np.testing.assert_allclose(got, predict_probs(model, faces, tta="tencrop", amp="fp32"), atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", ["flip", "tencrop"])
+def test_flip_and_tencrop_do_not_see_a_mirrored_face(fernet_weights, tta):
+    x = synthetic_faces(5, seed=4)[0].astype(np.float32) / 255
+    rec = Recognizer(fernet_weights, detector="none", tta=tta, backend="torch")
+    np.testing.assert_allclose(rec.probabilities(np.ascontiguousarray(x[:, :, ::-1])), rec.probabilities(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_ensemble_is_the_mean_of_its_members(fernet_weights, other_weights, backend):
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(5).random((7, 48, 48), dtype=np.float32)
+    kw = dict(detector="none", tta="flip", backend=backend, batch_size=4)
+    a = Recognizer(fernet_weights, **kw).probabilities(x)
+    b = Recognizer(other_weights, **kw).probabilities(x)
+    assert np.abs(a - b).max() > 1e-3  # two different models
+    ens = Recognizer([fernet_weights, other_weights], **kw)
+    assert ens.backend == backend and len(ens.models) == len(ens.cards) == 2 and ens.model is ens.models[0]
+    if backend == "onnx":
+        assert ens.sessions[0] is not ens.sessions[1] and ens.onnx is ens.sessions[0]
+    np.testing.assert_allclose(ens.probabilities(x), (a + b) / 2, atol=1e-5)
+    module, _ = load_model(str(other_weights))  # a member may be an nn.Module too
+    np.testing.assert_allclose(Recognizer((fernet_weights, module), **kw).probabilities(x), (a + b) / 2, atol=1e-5)
+
+
+def test_ensemble_members_must_share_their_classes(fernet_weights, ferplus8_weights):
+    with pytest.raises(FerlabError, match=r"fernet_s_ferplus8\.safetensors: an ensemble needs the same classes") as e:
+        Recognizer([fernet_weights, ferplus8_weights], detector="none")
+    assert "\n" not in str(e.value)
+    module, _ = load_model(str(ferplus8_weights))  # no card: caught by its number of scores
+    rec = Recognizer([fernet_weights, module], detector="none", backend="torch")
+    with pytest.raises(FerlabError, match=r"model #2 \(FERNet\): the model gives 8 scores but 7 classes"):
+        rec.probabilities(np.zeros((1, 48, 48), np.float32))
+    with pytest.raises(FerlabError, match="empty list"):
+        Recognizer([], detector="none")
 
 
 def test_bf16_and_channels_last_options(fernet_weights):
@@ -257,6 +311,20 @@ def test_cli_csv_to_file(capsys, fernet_weights, bad_folder, tmp_path):
     assert [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{c}" for c in FER2013_CLASSES]
     assert sum(float(rows[0][f"prob_{c}"]) for c in FER2013_CLASSES) == pytest.approx(1, abs=1e-3)
     assert rows[1]["path"].endswith("cat.png") and rows[1]["face"] == "" and rows[1]["label"] == ""
+
+
+def test_cli_ensemble_and_tta(capsys, fernet_weights, other_weights, tmp_path):
+    face = tmp_path / "face.png"
+    Image.fromarray(synthetic_faces(1, seed=6)[0][0]).save(face)
+    code, out, err = run_cli(capsys, "predict", face, "--detector", "none", "--tta", "tencrop",
+                             "--model", fernet_weights, "--model", other_weights)
+    assert code == 0
+    got = json.loads(out)["faces"][0]["probs"]
+    expected = Recognizer([fernet_weights, other_weights], detector="none", tta="tencrop").predict(face)[0]["probs"]
+    assert got == {c: round(v, 4) for c, v in expected.items()}
+    with pytest.raises(SystemExit) as e:  # argparse's own error
+        run_cli(capsys, "predict", face, "--model", fernet_weights, "--tta", "rotate")
+    assert e.value.code == 2 and "invalid choice: 'rotate'" in capsys.readouterr().err
 
 
 def test_cli_exit_status_when_nothing_could_be_read(capsys, fernet_weights, bad_folder, tmp_path):

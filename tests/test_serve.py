@@ -141,10 +141,22 @@ def test_web_page_and_static_files(client):
         assert r.status_code == 200 and "http://" not in r.text and "https://" not in r.text
 
 
-def test_cli_bad_model_is_a_one_line_error(capsys, tmp_path):
+def test_ensemble(fernet_weights, other_weights, photos):
+    with TestClient(create_app([fernet_weights, other_weights], detector="mediapipe")) as c:
+        body = c.get("/healthz").json()
+        assert body["model"] == "fernet_s + fernet_s"
+        assert body["weights"] == "fernet_s_random.safetensors + fernet_s_other.safetensors"
+        faces = post(c, photos["astronaut.png"]).json()["faces"]
+        assert len(faces) == 1 and sum(faces[0]["probs"].values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_cli_bad_model_is_a_one_line_error(capsys, fernet_weights, tmp_path):
     code = main(["serve", "--model", str(tmp_path / "missing.safetensors"), "--port", "1"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "missing.safetensors" in err
+    code = main(["serve", "--model", str(fernet_weights), "--model", str(tmp_path / "missing2.safetensors"), "--port", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "missing2.safetensors" in err
 
 
 def test_is_loopback():

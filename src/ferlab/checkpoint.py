@@ -78,6 +78,15 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
     return model.to(device).eval(), meta
 
 
+def check_same_classes(names: list[str], cards: list[dict]) -> None:
+    """An ensemble averages probabilities class by class: its members must name the same classes."""
+    named = [(name, list(card["classes"])) for name, card in zip(names, cards) if card.get("classes")]
+    for name, classes in named[1:]:
+        if classes != named[0][1]:
+            raise FerlabError(f"{name}: an ensemble needs the same classes, but its classes {classes} "
+                              f"differ from {named[0][0]}'s {named[0][1]}")
+
+
 def save_state(path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 

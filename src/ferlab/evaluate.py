@@ -3,9 +3,11 @@ matrix on one split, written as report.md / report.json / confusion.png (plus th
 curves when MODEL is a run directory).
 
 MODEL is a run directory, a weights file or a bundled model name (`default`); several MODELs
-form an ensemble that averages their probabilities. `--tta flip` averages each face with its
-mirror image; `--tta tencrop` averages ten 44x44 crops (corners, centre, and their mirrors)
-resized back to 48x48.
+form an ensemble that averages their probabilities (they must share their classes). `--tta flip`
+averages each face with its mirror image; `--tta tencrop` averages ten 44x44 crops (corners,
+centre, and their mirrors) resized back to 48x48. TTA and ensembling are those of
+`ferlab.predict.Recognizer` (both use ferlab.tta): `Recognizer([MODEL, ...], tta=...)` gives the
+same faces the same fp32 probabilities as the ones measured here.
 """
 
 import json
@@ -15,23 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ferlab.atomic import atomic_write_text
-from ferlab.checkpoint import load_model
+from ferlab.checkpoint import check_same_classes, load_model
 from ferlab.errors import FerlabError
-
-
-def tencrop(images: torch.Tensor, crop: int = 44) -> list[torch.Tensor]:
-    """Ten views (N, 1, 48, 48) of float images: 4 corners + centre of size crop, and mirrors, resized to 48."""
-    size = images.shape[-1]
-    o = size - crop
-    c = o // 2
-    views = []
-    for y, x in ((0, 0), (0, o), (o, 0), (o, o), (c, c)):
-        v = F.interpolate(images[..., y:y + crop, x:x + crop], size=(size, size), mode="bilinear", align_corners=False)
-        views += [v, v.flip(3)]
-    return views
+from ferlab.tta import TTA_MODES, check_tta, tta_probs
 
 
 @torch.inference_mode()
@@ -40,6 +30,7 @@ def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size
     """Class probabilities (N, C) for uint8 faces (N, 48, 48) with the given test-time augmentation."""
     from ferlab.train import autocast_dtype, to_input
 
+    check_tta(tta)
     device = torch.device(device)
     dtype = autocast_dtype(amp, device)
     model.eval()
@@ -47,19 +38,22 @@ def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size
     out = []
     for start in range(0, len(images), batch_size):
         x = to_input(images[start:start + batch_size], device, channels_last=True)
-        views = {"none": lambda t: [t], "flip": lambda t: [t, t.flip(3)], "tencrop": tencrop}[tta](x)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
-        out.append(probs.cpu())
+            out.append(tta_probs(model, x, tta).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", device="cpu") -> tuple[np.ndarray, list[dict]]:
-    """Average probabilities of one or more models (an ensemble); returns (probs, model cards)."""
+    """Average probabilities of one or more models (an ensemble); returns (probs, model cards).
+    Members must name the same classes (FerlabError naming the first one that does not)."""
     probs, cards = None, []
     for spec in specs:
         model, card = load_model(spec, device)
+        check_same_classes([specs[0], spec], [cards[0] if cards else card, card])
         p = predict_probs(model, images, tta=tta, device=device)
+        if probs is not None and p.shape != probs.shape:
+            raise FerlabError(f"{spec}: an ensemble needs the same classes, but it gives {p.shape[1]} class scores "
+                              f"and {specs[0]} {probs.shape[1]}")
         probs = p if probs is None else probs + p
         cards.append(card)
     return probs / len(specs), cards
@@ -70,7 +64,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data", required=True, help="data set (as for ferlab train)")
     p.add_argument("--ferplus", help="FER+ votes file: evaluate against FER+ majority labels")
     p.add_argument("--split", default="PrivateTest", help="split(s) to evaluate, comma-separated (default PrivateTest)")
-    p.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.tta)")
     p.add_argument("--out", type=Path, help="report directory (default: <run dir>/eval-<split>-<tta>, or ./eval-<split>-<tta>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="seed of random splits (FERGIT, folders); must match training")

@@ -4,7 +4,12 @@
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
+    Recognizer(["default", "run2/"], tta="flip")   # ensemble of two models, each face and its mirror
     for path, faces in rec.predict_many(["folder/"]): ...   # faces is a list or a FerlabError
+
+Test-time augmentation (tta="flip" or "tencrop") is ferlab.tta, the code `ferlab evaluate` uses,
+and an ensemble averages its members' probabilities as `ferlab evaluate MODEL MODEL...` does: the
+same faces get the same fp32 probabilities here as in the accuracy that evaluate reports.
 
 Images: a path, a PIL image or a NumPy array (RGB HxWx3, or BGR with color="bgr", gray HxW,
 RGBA HxWx4), any size. Paths and PIL images are turned upright by their EXIF orientation;
@@ -33,6 +38,7 @@ import re
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,39 +46,45 @@ import cv2
 import numpy as np
 import torch
 
-from ferlab.checkpoint import atomic_write, load_model
+from ferlab.checkpoint import atomic_write, check_same_classes, load_model
 from ferlab.errors import FerlabError
 from ferlab.faces import INPUT_SIZE, create_detector, crop_faces_for, to_float
 from ferlab.labels import FER2013_CLASSES
+from ferlab.tta import TTA_MODES, check_tta, tta_probs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
 JPEG_MIN_SIDE = 2560  # JPEGs decode at the smallest DCT scale keeping the longest side >= this
-TTA_MODES = ("none", "flip")
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnx", "auto")
 
 
 class Recognizer:
-    """Faces -> expression probabilities with one model and one face detector.
+    """Faces -> expression probabilities with one model (or an ensemble) and one face detector.
 
     model: "default" (bundled), a run directory, a .safetensors file, or an nn.Module (then pass
-    classes). detector: a name for `create_detector` or a Detector. device: "cpu", "cuda", "auto".
-    tta: "none" or "flip" (average the probabilities of each face and its mirror image).
+    classes); or a list of these: an ensemble whose probabilities are the mean of its members'
+    (each with the same tta). Members must name the same classes, else a FerlabError names the
+    first that does not. rec.models and rec.cards list the members; rec.model and rec.card are
+    the first (the only one for a single model). detector: a name for `create_detector` or a
+    Detector. device: "cpu", "cuda", "auto".
+    tta: "none", "flip" (average the probabilities of each face and its mirror image) or
+    "tencrop" (ten views: the corner and centre 44x44 crops, resized to 48, and their mirrors;
+    10x the classifier work). See ferlab.tta.
     precision: "fp32" (default) or "bf16" autocast (2-3x the faces/s on CPUs with AMX or
     AVX512-BF16, see benchmarks/inference_speed.py; probabilities move by up to ~1e-2).
     channels_last: NHWC memory layout (default on: 1.2-1.5x faster on CPU, same fp32 results
     up to summation order, ~1e-6).
     backend: "torch", "onnx" (the classifier exported to ONNX in memory when the
-    Recognizer is created, ~0.3 s, and run by onnxruntime: fp32 only, CPU only; probabilities
-    within ~1e-6 of torch's) or "auto", the default (onnx when onnxruntime is importable, the device is the
-    CPU, precision is fp32 and the model exports, else torch). See OnnxClassifier for why.
+    Recognizer is created, ~0.3 s per model, and run by onnxruntime, one session per ensemble
+    member: fp32 only, CPU only; probabilities within ~1e-6 of torch's) or "auto", the default
+    (onnx when onnxruntime is importable, the device is the CPU, precision is fp32 and every
+    model exports, else torch). See OnnxClassifier for why.
     """
 
     def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "none",
                  precision: str = "fp32", channels_last: bool = True, classes=None, align: bool = True,
                  backend: str = "auto"):
-        if tta not in TTA_MODES:
-            raise FerlabError(f"unknown tta {tta!r} (known: {', '.join(TTA_MODES)})")
+        check_tta(tta)
         if precision not in PRECISIONS:
             raise FerlabError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
         if batch_size < 1:
@@ -82,24 +94,37 @@ class Recognizer:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        if isinstance(model, torch.nn.Module):
-            self.model, self.card = model.to(self.device).eval(), {}
-        else:
-            self.model, self.card = load_model(str(model), self.device)
-        self.classes = tuple(classes or self.card.get("classes") or FER2013_CLASSES)
+        specs = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not specs:
+            raise FerlabError("model: an empty list names no model")
+        self.names = [_model_name(spec, i) for i, spec in enumerate(specs)]
+        self.models, self.cards = [], []
+        for spec in specs:
+            if isinstance(spec, torch.nn.Module):
+                m, card = spec.to(self.device).eval(), {}
+            else:
+                m, card = load_model(str(spec), self.device)
+            self.models.append(m)
+            self.cards.append(card)
+        check_same_classes(self.names, self.cards)
+        card_classes = next((card["classes"] for card in self.cards if card.get("classes")), None)
+        self.classes = tuple(classes or card_classes or FER2013_CLASSES)
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size, self.tta, self.precision, self.align = batch_size, tta, precision, align
-        self.backend, self.onnx = _pick_backend(backend, self.device, precision), None
+        self.backend = _pick_backend(backend, self.device, precision)
+        self.sessions = [None] * len(self.models)  # an OnnxClassifier per member with the onnx backend
         if self.backend == "onnx":
             try:
-                self.onnx = OnnxClassifier(self.model)
+                self.sessions = [OnnxClassifier(m) for m in self.models]
             except FerlabError:  # a model the exporter cannot handle: "auto" falls back to torch
                 if backend == "onnx":
                     raise
-                self.backend = "torch"
-        self.channels_last = channels_last and self.onnx is None
+                self.backend, self.sessions = "torch", [None] * len(self.models)
+        self.onnx = self.sessions[0]
+        self.channels_last = channels_last and self.backend == "torch"
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        self.model, self.card = self.models[0], self.cards[0]
 
     # ---- classification -------------------------------------------------------------------
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -113,23 +138,23 @@ class Recognizer:
 
     @torch.inference_mode()
     def _forward(self, batch: torch.Tensor) -> np.ndarray:
-        k = len(batch)
-        if self.tta == "flip":
-            batch = torch.cat([batch, batch.flip(-1)])
         batch = batch.to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        if self.onnx is not None:
-            logits = torch.from_numpy(self.onnx(batch.numpy()))
+        probs = sum(tta_probs(partial(self._logits, i), batch, self.tta) for i in range(len(self.models)))
+        return (probs / len(self.models)).cpu().numpy()
+
+    def _logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Member i's logits for a float batch (N, 1, 48, 48) on the device."""
+        if self.sessions[i] is not None:
+            logits = torch.from_numpy(self.sessions[i](x.numpy()))
         else:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                logits = self.model(batch)
+                logits = self.models[i](x)
         if logits.shape[1] != len(self.classes):
-            raise FerlabError(f"the model gives {logits.shape[1]} scores but its card names {len(self.classes)} classes")
-        probs = logits.float().softmax(1)
-        if self.tta == "flip":
-            probs = (probs[:k] + probs[k:]) / 2
-        return probs.cpu().numpy()
+            raise FerlabError(f"{self.names[i]}: the model gives {logits.shape[1]} scores but {len(self.classes)} "
+                              f"classes are named ({', '.join(self.classes)})")
+        return logits
 
     def predict_faces(self, crops) -> list[dict]:
         """Already-cropped faces -> [{"label", "confidence", "probs"}], one per face.
@@ -205,6 +230,11 @@ class OnnxClassifier:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(N, 1, 48, 48) float32 -> (N, C) float32 logits."""
         return self.session.run(["logits"], {"faces": np.ascontiguousarray(x, np.float32)})[0]
+
+
+def _model_name(spec, i: int) -> str:
+    """How errors name an ensemble member: its path or bundled name, or its position and class."""
+    return f"model #{i + 1} ({type(spec).__name__})" if isinstance(spec, torch.nn.Module) else str(spec)
 
 
 def _pick_backend(backend: str, device: torch.device, precision: str) -> str:
@@ -499,11 +529,15 @@ def csv_rows(path, faces: list[dict], classes) -> list[list]:
 # ---- command line -------------------------------------------------------------------------
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by predict, video, webcam and demo."""
-    parser.add_argument("--model", default="default", help="'default' (bundled), a run directory or a .safetensors file")
+    """Options shared by predict, video, webcam and serve."""
+    # Repeated rather than nargs="+": several values would swallow the positional paths that follow.
+    parser.add_argument("--model", action="append", metavar="MODEL",
+                        help="'default' (bundled; the default), a run directory or a .safetensors file; "
+                             "repeat (--model A --model B) for an ensemble that averages their probabilities")
     parser.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "none", "full"],
                         help="face detector: auto = mediapipe if installed, else haar; none/full = image is one face")
-    parser.add_argument("--tta", default="none", choices=TTA_MODES, help="test-time augmentation (flip: average with mirror)")
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                        help="test-time augmentation: flip averages each face with its mirror, tencrop over 10 crops")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16 autocast is 2-3x faster on recent CPUs")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
@@ -515,10 +549,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other work)")
 
 
+def model_specs(args) -> list[str]:
+    """The --model values (["default"] when none was given)."""
+    return args.model or ["default"]
+
+
 def recognizer_from_args(args) -> Recognizer:
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
-    return Recognizer(model=args.model, detector=args.detector, device=args.device, batch_size=args.batch_size,
+    return Recognizer(model=model_specs(args), detector=args.detector, device=args.device, batch_size=args.batch_size,
                       tta=args.tta, precision=args.precision, channels_last=args.channels_last,
                       backend=getattr(args, "backend", "torch"))
 

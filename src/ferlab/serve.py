@@ -1,4 +1,5 @@
 """The HTTP service: `ferlab serve [--host 127.0.0.1] [--port 8000] [--model default] [--max-upload-mb 10]`.
+(`--model A --model B`: an ensemble, as for ferlab predict; /healthz then names "A + B".)
 
     POST /v1/predict   multipart/form-data, the photo in field "image" (or the raw file as the body
                        with Content-Type image/* or application/octet-stream)
@@ -63,10 +64,14 @@ class Service:
         self.decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
     def info(self) -> dict:
-        card = self.rec.card
-        weights = card.get("weights_path")
-        return {"status": "ok", "model": card.get("model", self.name or "custom"),
-                "weights": Path(weights).name if weights else None, "classes": list(self.rec.classes),
+        cards = self.rec.cards
+        if len(cards) == 1:
+            weights = cards[0].get("weights_path")
+            model, weights = cards[0].get("model", self.name or "custom"), Path(weights).name if weights else None
+        else:  # an ensemble
+            model = " + ".join(card.get("model", "custom") for card in cards)
+            weights = " + ".join(Path(card["weights_path"]).name if card.get("weights_path") else "-" for card in cards)
+        return {"status": "ok", "model": model, "weights": weights, "classes": list(self.rec.classes),
                 "backend": getattr(self.rec, "backend", "torch"), "detector": getattr(self.rec.detector, "name", "?")}
 
     def predict(self, data: bytes) -> dict:
@@ -154,9 +159,9 @@ async def read_image_field(request, max_bytes: int) -> bytes:
 
 
 def create_app(model="default", *, max_upload_mb: float = 10.0, recognizer=None, **recognizer_kwargs):
-    """The FastAPI app. The Recognizer is built at start-up from `model` and `recognizer_kwargs`
-    (see predict.Recognizer), unless an already-built `recognizer` is given (then the app
-    closes it at shutdown all the same)."""
+    """The FastAPI app. The Recognizer is built at start-up from `model` (one model or a list:
+    an ensemble) and `recognizer_kwargs` (see predict.Recognizer), unless an already-built
+    `recognizer` is given (then the app closes it at shutdown all the same)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
@@ -168,7 +173,8 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, recognizer=None,
     @asynccontextmanager
     async def lifespan(app):
         rec = recognizer if recognizer is not None else await run_in_threadpool(lambda: Recognizer(model, **recognizer_kwargs))
-        app.state.service = Service(rec, int(max_upload_mb * 1e6), str(model))
+        name = " + ".join(map(str, model)) if isinstance(model, (list, tuple)) else str(model)
+        app.state.service = Service(rec, int(max_upload_mb * 1e6), name)
         try:
             yield
         finally:
@@ -252,19 +258,19 @@ def run(args) -> int:
         import multipart  # noqa: F401  (python-multipart)
     except ImportError as e:
         raise FerlabError(f"ferlab serve needs fastapi, uvicorn and python-multipart (pip install 'ferlab[serve]'): {e}") from None
-    from ferlab.predict import recognizer_from_args
+    from ferlab.predict import model_specs, recognizer_from_args
 
     if not 0 < args.port < 65536:
         raise FerlabError(f"--port must be 1-65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise FerlabError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     rec = recognizer_from_args(args)  # here, not in the lifespan: a bad --model is a one-line error
-    app = create_app(args.model, max_upload_mb=args.max_upload_mb, recognizer=rec)
+    app = create_app(model_specs(args), max_upload_mb=args.max_upload_mb, recognizer=rec)
     if not is_loopback(args.host):
         print(f"ferlab serve: warning: listening on {args.host} without authentication: anyone who can reach "
               "this port can use the service", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"ferlab serve: model {args.model} ({rec.backend} backend, {rec.detector.name} detector) "
+    print(f"ferlab serve: model {' + '.join(model_specs(args))} ({rec.backend} backend, {rec.detector.name} detector) "
           f"on http://{shown}:{args.port}/", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
     return 0
