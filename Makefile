@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned to the CPU wheel that installs offline here; pyproject declares a looser range.
 TORCH := torch==2.13.0
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,17 @@ venv: $(VENV)/.installed
 demo: venv
 	$(PY) -m ferlab demo
 
-test: venv
+# The browser test drives Debian's Chromium with Playwright's driver (its own browser download
+# never works offline). Installed here when we may (root with apt-get); otherwise it is skipped.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser test"; \
+		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+		|| echo "could not install chromium: the browser test will be skipped"; \
+	fi
+
+test: venv browser
 	$(PY) -m pytest -q
 
 clean:

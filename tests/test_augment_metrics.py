@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferlab.augment import AUGMENT_PRESETS, AugmentConfig, apply_augment, sample_params
+from ferlab.augment import AUGMENT_PRESETS, AugmentConfig, apply_augment, mix_batch, sample_params
 from ferlab.metrics import classification_report, confusion_matrix, report_markdown
 
 
@@ -54,6 +54,38 @@ def test_erasing_blanks_a_rectangle():
     y = apply_augment(cfg, x, sample_params(cfg, 8, torch.Generator().manual_seed(0)))
     erased = (y == 0.5).float().mean((1, 2, 3))
     assert ((erased > 0.01) & (erased < 0.3)).all()
+
+
+def test_mixup_blends_each_image_with_its_partner():
+    x = torch.rand(8, 1, 48, 48)
+    mixed, lam = mix_batch(x, 0.4, 0.0, torch.Generator().manual_seed(0))
+    assert 0 < lam < 1
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x.flip(0))
+    again, lam2 = mix_batch(x, 0.4, 0.0, torch.Generator().manual_seed(0))
+    assert lam2 == lam and torch.equal(again, mixed)
+
+
+def test_cutmix_pastes_a_box_whose_area_is_one_minus_lam():
+    x = torch.zeros(4, 1, 48, 48)
+    x[2:] = 1.0  # images 0-1 black, 2-3 white: pasted pixels are the partner's colour
+    areas = []
+    for seed in range(20):
+        mixed, lam = mix_batch(x, 0.0, 1.0, torch.Generator().manual_seed(seed))
+        pasted = (mixed[0] == 1).float().mean().item()  # image 0's partner is image 3 (white)
+        assert pasted == pytest.approx(1 - lam, abs=1e-6)
+        assert torch.equal(mixed[0] == 1, mixed[3] == 0)  # the same box, the other way round
+        areas.append(pasted)
+    assert min(areas) < 0.2 and max(areas) > 0.5  # box sizes vary with lam
+
+
+def test_both_mixes_alternate_per_batch():
+    x = torch.zeros(4, 1, 48, 48)
+    x[2:] = 1.0
+    kinds = set()
+    for seed in range(20):
+        mixed, _ = mix_batch(x, 0.4, 1.0, torch.Generator().manual_seed(seed))
+        kinds.add("cutmix" if set(mixed[0].unique().tolist()) <= {0.0, 1.0} else "mixup")
+    assert kinds == {"mixup", "cutmix"}
 
 
 def test_confusion_matrix_and_report():

@@ -69,6 +69,11 @@ def test_learns_separable_problem(toy_csv, tmp_path):
     assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "time_s"} <= set(rows[0])
 
 
+def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):
+    history = fit(tiny_config(toy_csv, epochs=8, mixup=0.4, cutmix=1.0), tmp_path / "run", log=lambda *a: None)
+    assert history[-1]["val_acc"] > 0.9
+
+
 def test_early_stopping_and_plateau(toy_csv, tmp_path):
     # A learning rate too small to move the weights of a model without BatchNorm (whose running
     # statistics would move anyway): validation accuracy never improves after epoch 1.
@@ -145,6 +150,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     (["--recipe", "nosuchpaper"], "unknown recipe"),
     (["--optimizer", "adagrad"], "--optimizer must be one of"),
     (["--augment", "wild"], "unknown augmentation preset"),
+    (["--mixup", "-1"], "--mixup and --cutmix are Beta alphas"),
 ])
 def test_bad_options_fail_in_one_line(toy_csv, tmp_path, extra, message):
     proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", tmp_path / "r", *extra, check=False)

@@ -8,6 +8,7 @@ rank takes its slice, so N processes augment exactly as one process would.
 import math
 from dataclasses import dataclass, asdict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,6 +102,31 @@ def apply_augment(cfg: AugmentConfig, x: torch.Tensor, p: dict) -> torch.Tensor:
                 & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1)) & p["erase"].view(b, 1, 1))
         x = x.masked_fill(mask.unsqueeze(1), 0.5)  # mid-grey: the mean pixel, no extra randomness
     return x
+
+
+def mix_batch(x: torch.Tensor, mixup: float, cutmix: float, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Mixup (alpha `mixup`) or CutMix (alpha `cutmix`) of a batch with itself reversed.
+
+    Returns (mixed x, lam): the loss is lam * loss(y) + (1 - lam) * loss(y.flip(0)). Pairing
+    image i with image B-1-i of an already shuffled batch is a random pairing that needs no
+    permutation, so data-parallel ranks mix within their own slice. When both alphas are set,
+    each batch uses one of the two with probability 1/2. Beta draws come from NumPy seeded by
+    one draw of `gen`, so a resumed run mixes exactly as an uninterrupted one.
+    """
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    partner = x.flip(0)
+    if not use_cutmix:
+        return lam * x + (1 - lam) * partner, lam
+    h, w = x.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    cy, cx = rng.random(2)
+    y0, y1 = int(np.clip(round((cy - cut / 2) * h), 0, h)), int(np.clip(round((cy + cut / 2) * h), 0, h))
+    x0, x1 = int(np.clip(round((cx - cut / 2) * w), 0, w)), int(np.clip(round((cx + cut / 2) * w), 0, w))
+    x = x.clone()
+    x[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+    return x, 1 - (y1 - y0) * (x1 - x0) / (h * w)  # lam of the box actually pasted (after clipping)
 
 
 def describe(cfg: AugmentConfig) -> dict:

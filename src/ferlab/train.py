@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ferlab.augment import apply_augment, get_augment, sample_params
+from ferlab.augment import apply_augment, get_augment, mix_batch, sample_params
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_state, save_state, save_weights
 from ferlab.errors import FerlabError
@@ -62,6 +62,8 @@ class TrainConfig:
     class_weights: str = "none"         # none | balanced
     label_smoothing: float = 0.0
     augment: str = "none"               # a preset in ferlab.augment.AUGMENT_PRESETS
+    mixup: float = 0.0                  # Beta(a, a) alpha of mixup; 0: off
+    cutmix: float = 0.0                 # Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)
     ema: float = 0.0                    # decay of an exponential moving average of weights; 0: off
     amp: str = "auto"                   # auto (bf16 where the device supports it) | bf16 | fp32
     channels_last: bool = True
@@ -77,6 +79,8 @@ class TrainConfig:
                 raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.train_fraction <= 1:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
         get_augment(self.augment)
 
 
@@ -237,10 +241,15 @@ def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, devi
         batch = batch[local]
         x = apply_augment(augment, to_input(images[batch], device, cfg.channels_last), {k: v[local] for k, v in params.items()})
         y = targets[batch].to(device)
+        lam = 1.0
+        if cfg.mixup or cfg.cutmix:
+            x, lam = mix_batch(x, cfg.mixup, cfg.cutmix, gen)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
         logits = logits.float()
         loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
+        if lam < 1.0:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y.flip(0), weight=weight, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
