@@ -15,6 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ferlab.metrics import first_reached  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,17 +34,15 @@ def main() -> None:
         subprocess.run(cmd, check=True)
     with open(a.out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
+    thresholds = [float(t) for t in a.thresholds.split(",")]
     minutes = 0.0
-    reached = {}
     for r in rows:
         minutes += float(r["time_s"]) / 60
         acc = float(r["test_acc"]) if r.get("test_acc") else float("nan")
         print(json.dumps({"epoch": int(r["epoch"]), "minutes": round(minutes, 1), "val_acc": float(r["val_acc"]), "privatetest_acc": acc}))
-        for t in map(float, a.thresholds.split(",")):
-            if acc >= t and t not in reached:
-                reached[t] = (int(r["epoch"]), minutes)
+    reached = first_reached(rows, thresholds)
     print(f"{'PrivateTest acc':>16} {'epoch':>6} {'minutes':>8}")
-    for t in map(float, a.thresholds.split(",")):
+    for t in thresholds:
         epoch, mins = reached.get(t, ("-", float("nan")))
         print(f"{t:>16.0%} {epoch:>6} {mins:>8.1f}")
 

@@ -101,3 +101,12 @@ def test_confusion_matrix_and_report():
     assert r["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
     md = report_markdown(r, "toy")
     assert "| b | 0.67 | 1.00 | 0.80 | 2 |" in md
+
+
+def test_first_reached_counts_minutes_up_to_the_first_epoch_at_each_threshold():
+    from ferlab.metrics import first_reached
+
+    rows = [{"epoch": "1", "time_s": "60", "test_acc": "0.5"}, {"epoch": "2", "time_s": "120", "test_acc": "0.71"},
+            {"epoch": "3", "time_s": "60", "test_acc": "0.69"}, {"epoch": "4", "time_s": "60", "test_acc": ""}]
+    reached = first_reached(rows, (0.5, 0.7, 0.72))
+    assert reached == {0.5: (1, 1.0), 0.7: (2, 3.0)}

@@ -26,7 +26,7 @@ from ferlab.tta import TTA_MODES, check_tta, tta_probs
 
 @torch.inference_mode()
 def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size: int = 256,
-                  device="cpu", amp: str = "auto") -> np.ndarray:
+                  device="cpu", amp: str = "fp32") -> np.ndarray:
     """Class probabilities (N, C) for uint8 faces (N, 48, 48) with the given test-time augmentation."""
     from ferlab.train import autocast_dtype, to_input
 
@@ -43,14 +43,15 @@ def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", device="cpu") -> tuple[np.ndarray, list[dict]]:
+def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", device="cpu",
+                    amp: str = "fp32") -> tuple[np.ndarray, list[dict]]:
     """Average probabilities of one or more models (an ensemble); returns (probs, model cards).
     Members must name the same classes (FerlabError naming the first one that does not)."""
     probs, cards = None, []
     for spec in specs:
         model, card = load_model(spec, device)
         check_same_classes([specs[0], spec], [cards[0] if cards else card, card])
-        p = predict_probs(model, images, tta=tta, device=device)
+        p = predict_probs(model, images, tta=tta, device=device, amp=amp)
         if probs is not None and p.shape != probs.shape:
             raise FerlabError(f"{spec}: an ensemble needs the same classes, but it gives {p.shape[1]} class scores "
                               f"and {specs[0]} {probs.shape[1]}")
@@ -67,6 +68,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.tta)")
     p.add_argument("--out", type=Path, help="report directory (default: <run dir>/eval-<split>-<tta>, or ./eval-<split>-<tta>)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="fp32 (default: the numbers Recognizer's fp32 backends reproduce) or bf16 autocast (faster)")
     p.add_argument("--seed", type=int, default=0, help="seed of random splits (FERGIT, folders); must match training")
 
 
@@ -78,13 +81,13 @@ def run(args) -> int:
     data = load_with_splits(args.data, args.ferplus, args.seed)
     subset = data.select(args.split)
     t0 = time.time()
-    probs, cards = evaluate_models(args.model, subset.images, tta=args.tta, device=device)
+    probs, cards = evaluate_models(args.model, subset.images, tta=args.tta, device=device, amp=args.amp)
     seconds = time.time() - t0
     model_classes = cards[0].get("classes") or list(data.classes)
     if list(model_classes) != list(data.classes):
         raise FerlabError(f"{args.model[0]}: model classes {model_classes} differ from the data's {list(data.classes)}")
     report = classification_report(subset.labels, probs.argmax(1), data.classes)
-    report.update(model=" + ".join(args.model), data=args.data, split=args.split, tta=args.tta,
+    report.update(model=" + ".join(args.model), data=args.data, split=args.split, tta=args.tta, amp=args.amp,
                   seconds=round(seconds, 2), faces_per_s=round(len(subset) / max(seconds, 1e-9), 1))
     first = Path(args.model[0])
     out = args.out or ((first if first.is_dir() else Path(".")) / f"eval-{args.split.replace(',', '+')}-{args.tta}")

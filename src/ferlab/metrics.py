@@ -103,3 +103,16 @@ def plot_curves(rows: list[dict], path, title: str = "") -> None:
     fig.suptitle(title)
     _savefig(fig, path)
     plt.close(fig)
+
+
+def first_reached(rows: list[dict], thresholds, key: str = "test_acc") -> dict[float, tuple[int, float]]:
+    """{threshold: (epoch, cumulative minutes of training)} for the first epoch whose `key` reached
+    each threshold; `rows` are a run's metrics.csv rows (values may be strings)."""
+    elapsed, reached = 0.0, {}
+    for r in rows:
+        elapsed += float(r["time_s"]) / 60
+        value = float(r[key]) if r.get(key) not in (None, "") else float("nan")
+        for t in thresholds:
+            if value >= t and t not in reached:
+                reached[t] = (int(r["epoch"]), elapsed)
+    return reached
