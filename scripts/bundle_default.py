@@ -6,7 +6,9 @@ Copies the run's best weights to src/ferlab/weights/<name>.safetensors and write
 the model card: architecture, parameters, data, recipe and command, epochs, wall time, machine,
 PrivateTest accuracy and macro-F1 (fp32; no TTA, flip and ten-crop TTA) measured here, the
 minutes of training to first reach each PrivateTest accuracy when the run logged it (`ferlab train
---test-splits PrivateTest`, as benchmarks/time_to_accuracy.py runs it), preprocessing, classes.
+--test-splits PrivateTest`, as benchmarks/time_to_accuracy.py runs it), the PrivateTest accuracy
+of its ONNX exports (fp32, and int8 as `ferlab export --quantize int8 --data` writes it) with the
+opset, preprocessing, classes.
 """
 
 import argparse
@@ -17,12 +19,26 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import WEIGHTS_DIR, load_model
 from ferlab.evaluate import predict_probs
+from ferlab.export import DEFAULT_OPSET, create_session, dataset_faces, onnx_probabilities, quantize_int8, to_onnx
 from ferlab.metrics import classification_report, first_reached
 from ferlab.models import count_parameters
 from ferlab.train import load_with_splits
+
+
+def onnx_accuracy(model, data: str, test) -> dict:
+    """PrivateTest accuracy of the fp32 and int8 ONNX exports, as `ferlab export` writes them."""
+    faces = test.images.astype(np.float32) / 255.0
+    fp32 = to_onnx(model)
+    out = {"opset": DEFAULT_OPSET}
+    for name, graph in (("fp32", fp32), ("int8", quantize_int8(fp32, dataset_faces(data)))):
+        probs = onnx_probabilities(create_session(graph), faces)
+        out[f"privatetest_accuracy_{name}"] = round(float((probs.argmax(1) == test.labels).mean()), 4)
+    return out
 
 
 def main() -> None:
@@ -45,6 +61,7 @@ def main() -> None:
         r = classification_report(test.labels, probs.argmax(1), data.classes)
         metrics[f"privatetest_tta_{tta}"] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
                                              "num_samples": r["num_samples"], "seconds": round(time.time() - t, 2)}
+    metrics["onnx"] = onnx_accuracy(model, a.data, test)
     recipe_flags = f"--recipe {config['recipe']} " if config.get("recipe") else ""
     if config.get("test_splits") == "PrivateTest":
         recipe_flags += "--test-splits PrivateTest "
