@@ -66,8 +66,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         spec = model_spec(args.model, tmp)
         recs = {
-            "torch fp32": Recognizer(spec, detector="none", batch_size=256),
-            "torch bf16": Recognizer(spec, detector="none", batch_size=256, precision="bf16"),
+            "torch fp32": Recognizer(spec, detector="none", batch_size=256, backend="torch"),
+            "torch bf16": Recognizer(spec, detector="none", batch_size=256, backend="torch", precision="bf16"),
             "onnxruntime fp32": Recognizer(spec, detector="none", batch_size=256, backend="onnx"),
             "onnxruntime int8": Recognizer(spec, detector="none", batch_size=256, backend="onnx"),
         }

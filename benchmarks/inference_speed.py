@@ -2,8 +2,8 @@
 
     python benchmarks/inference_speed.py [--model default|RUN_DIR|FILE] [--threads N] [--seconds S]
 
-1. classifier: faces/s at batch 1 and 256, fp32 vs bf16 autocast, with and without
-   channels_last (Recognizer.probabilities: NumPy in, probabilities out);
+1. classifier: faces/s at batch 1 and 256 through Recognizer.probabilities (NumPy in,
+   probabilities out): torch fp32 / bf16 autocast, with and without channels_last, and onnxruntime fp32;
 2. pipeline: latency per photo of Recognizer.predict (detect, crop, classify) on the
    astronaut letterboxed to 640x480 and 1920x1080, fp32 and bf16;
 3. video: frames/s of `ferlab video`'s loop over a synthetic 640x480 clip (one moving face),
@@ -100,18 +100,20 @@ def main():
 
         if "classifier" not in args.skip:
             rng = np.random.default_rng(0)
-            for precision in ("fp32", "bf16"):
-                for channels_last in (False, True):
-                    rec = Recognizer(spec, detector="none", precision=precision, channels_last=channels_last, batch_size=256)
-                    for batch in (1, 256):
-                        x = rng.random((batch, 48, 48), dtype=np.float32)
-                        sec, runs = timed(lambda: rec.probabilities(x), args.seconds)
-                        emit(what="classifier", precision=precision, channels_last=channels_last, batch=batch,
-                             faces_per_s=round(batch / sec, 1), ms_per_batch=round(sec * 1000, 2), runs=runs, **common)
+            # (backend, precision, channels_last): the torch variants, then onnxruntime (fp32, its own layout)
+            variants = [("torch", p, cl) for p in ("fp32", "bf16") for cl in (False, True)] + [("onnx", "fp32", False)]
+            for backend, precision, channels_last in variants:
+                rec = Recognizer(spec, detector="none", precision=precision, channels_last=channels_last, batch_size=256,
+                                 backend=backend)
+                for batch in (1, 256):
+                    x = rng.random((batch, 48, 48), dtype=np.float32)
+                    sec, runs = timed(lambda: rec.probabilities(x), args.seconds)
+                    emit(what="classifier", backend=backend, precision=precision, channels_last=channels_last, batch=batch,
+                         faces_per_s=round(batch / sec, 1), ms_per_batch=round(sec * 1000, 2), runs=runs, **common)
 
         if "pipeline" not in args.skip:
             for precision in ("fp32", "bf16"):
-                rec = Recognizer(spec, detector="auto", precision=precision)
+                rec = Recognizer(spec, detector="auto", precision=precision)  # fp32: the default (auto) backend
                 for size in ((640, 480), (1920, 1080)):
                     photo = letterbox(astronaut, *size)
                     assert len(rec.predict(photo)) == 1
