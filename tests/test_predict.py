@@ -1,5 +1,6 @@
 import csv
 import io
+import importlib.util
 import json
 import struct
 import zlib
@@ -360,3 +361,17 @@ def test_demo(capsys, fernet_weights, tmp_path, monkeypatch):
     monkeypatch.setattr(ferlab.demo, "WEIGHTS_DIR", tmp_path / "no-weights")
     code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo2")
     assert code == 2 and "bundled default model is missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bundled_default_matches_its_card_and_reads_a_real_smile(astronaut):
+    """The shipped weights: the card describes them, and the astronaut's smile reads as happy."""
+    from ferlab.checkpoint import WEIGHTS_DIR
+    from ferlab.models import count_parameters
+
+    card = json.loads((WEIGHTS_DIR / "default.json").read_text())
+    with Recognizer("default", detector="haar" if importlib.util.find_spec("mediapipe") is None else "mediapipe") as rec:
+        assert rec.card["model"] == card["model"] and count_parameters(rec.model) == card["parameters"]
+        assert list(rec.classes) == card["classes"] == list(FER2013_CLASSES)
+        faces = rec.predict(astronaut)
+    assert len(faces) == 1 and faces[0]["label"] == "happy" and faces[0]["confidence"] > 0.5
+    assert card["metrics"]["privatetest_tta_none"]["num_samples"] == 3573

@@ -74,6 +74,27 @@ def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):
     assert history[-1]["val_acc"] > 0.9
 
 
+def test_ema_warms_up_then_decays_at_the_configured_rate():
+    from torch.optim.swa_utils import AveragedModel
+    from ferlab.train import ema_update_fn
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = AveragedModel(model, multi_avg_fn=ema_update_fn(0.998), use_buffers=True)
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for _ in range(50):
+        ema.update_parameters(model)
+    assert ema.module.weight.item() > 0.9   # a plain 0.998 EMA would still be at 1 - 0.998**50 = 0.10
+    for _ in range(5000):
+        ema.update_parameters(model)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update_parameters(model)
+    assert ema.module.weight.item() == pytest.approx(1.002, abs=1e-5)   # late on: the configured decay
+
+
 def test_early_stopping_and_plateau(toy_csv, tmp_path):
     # A learning rate too small to move the weights of a model without BatchNorm (whose running
     # statistics would move anyway): validation accuracy never improves after epoch 1.
