@@ -375,3 +375,16 @@ def test_bundled_default_matches_its_card_and_reads_a_real_smile(astronaut):
         faces = rec.predict(astronaut)
     assert len(faces) == 1 and faces[0]["label"] == "happy" and faces[0]["confidence"] > 0.5
     assert card["metrics"]["privatetest_tta_none"]["num_samples"] == 3573
+
+
+def test_float16_weights_load_into_a_float32_model(tmp_path):
+    from ferlab.checkpoint import save_weights
+    from ferlab.models import create_model
+
+    model = create_model("fernet_s", widths=[8, 8, 8, 8]).eval()
+    save_weights(tmp_path / "m.safetensors", model, {"model": "fernet_s", "model_kwargs": {"widths": [8, 8, 8, 8]}},
+                 float_dtype=torch.float16)
+    loaded, _ = load_model(str(tmp_path / "m.safetensors"))
+    for (name, want), got in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert got.dtype == want.dtype, name
+        assert torch.equal(got, want.half().to(want.dtype)) if want.is_floating_point() else torch.equal(got, want)

@@ -20,9 +20,15 @@ from ferlab.errors import FerlabError
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
-def save_weights(path, model: torch.nn.Module, meta: dict) -> None:
-    """Write the model's state dict as safetensors with `meta` (JSON-able) in the header."""
+def save_weights(path, model: torch.nn.Module, meta: dict, float_dtype: torch.dtype | None = None) -> None:
+    """Write the model's state dict as safetensors with `meta` (JSON-able) in the header.
+
+    float_dtype (e.g. torch.float16) stores floating tensors in that type: half the bytes for a
+    bundled model; load_model copies them back into the model's float32 parameters.
+    """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if float_dtype is not None:
+        state = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in state.items()}
     header = {"ferlab": json.dumps(meta)}
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=header))
 

@@ -79,7 +79,7 @@ BUDGETS = {
     },
     "li2023": {
         "full": {"epochs": [20, 40, 60, 80, 100], "separate_runs": True},    # ~8-10 h: 300 epochs
-        "cpu": {"epochs": [20, 40, 60, 80, 100], "separate_runs": False},    # ~25 min: one 100-epoch run read at 20..100
+        "cpu": {"epochs": [20, 40, 60, 80, 100], "separate_runs": False},    # ~40 min: one 100-epoch run read at 20..100 (24 s/epoch)
         "smoke": {"epochs": [1, 2], "separate_runs": False},
     },
 }
