@@ -28,7 +28,7 @@ from ferlab.evaluate import predict_probs
 from ferlab.export import DEFAULT_OPSET, create_session, dataset_faces, onnx_probabilities, quantize_int8, to_onnx
 from ferlab.metrics import classification_report, first_reached
 from ferlab.models import count_parameters
-from ferlab.train import load_with_splits
+from ferlab.train import load_with_splits, train_command
 
 
 def onnx_accuracy(model, data: str, test) -> dict:
@@ -68,9 +68,6 @@ def main() -> None:
         metrics[f"privatetest_tta_{tta}"] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
                                              "num_samples": r["num_samples"], "seconds": round(time.time() - t, 2)}
     metrics["onnx"] = onnx_accuracy(model, a.data, test)
-    recipe_flags = f"--recipe {config['recipe']} " if config.get("recipe") else ""
-    if config.get("test_splits") == "PrivateTest":
-        recipe_flags += "--test-splits PrivateTest "
     reached = {f"{t:.0%}": {"epoch": epoch, "minutes": round(mins, 1)}
                for t, (epoch, mins) in first_reached(rows, (0.65, 0.68, 0.70, 0.71, 0.72)).items()}
     card = {
@@ -83,7 +80,7 @@ def main() -> None:
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
         "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name})",
                  "selection": f"best validation accuracy on {config['val_splits']}", "test": "PrivateTest (3,573 rows in ferlab's copy)"},
-        "training": {"command": f"ferlab train {recipe_flags}--data {Path(config['data']).name}", "config": config,
+        "training": {"command": train_command(config), "config": config,
                      "epochs": len(rows), "best_epoch": meta.get("epoch"),
                      "wall_time_minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1),
                      "privatetest_reached_no_tta": reached,

@@ -5,10 +5,12 @@ refuses bad input with one line."""
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,9 @@ import torch
 
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_state
-from ferlab.train import TrainConfig, balanced_class_weights, fit
+from ferlab.recipes import get_recipe
+from ferlab.cli import build_parser
+from ferlab.train import TrainConfig, balanced_class_weights, config_from_args, fit, train_command
 from synthetic import write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
@@ -224,6 +228,19 @@ def test_recipes_fill_options(toy_csv, tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["recipe"] == "li2023" and config["optimizer"] == "adam" and config["augment"] == "li2023"
     assert config["epochs"] == 1 and config["batch_size"] == 64 and config["model"] == "fernet_s"
+
+
+@pytest.mark.parametrize("recipe", [None, "fernet_m"])
+def test_train_command_recreates_the_config(tmp_path, recipe):
+    """A model card's command, parsed by ferlab's own parser, gives back the run's config."""
+    base = {"recipe": recipe, **get_recipe(recipe)} if recipe else {}
+    config = asdict(TrainConfig(**{**base, "data": "/data/fer2013.csv.gz", "epochs": 90, "mixup": 0.2,
+                                   "channels_last": False, "model_kwargs": {"dropout": 0.3}}))
+    command = train_command(config)
+    assert command.startswith("ferlab train") and ("--recipe fernet_m" in command) == bool(recipe)
+    args = build_parser("train").parse_args(shlex.split(command)[1:] + ["--out", str(tmp_path / "run")])
+    parsed, _ = config_from_args(args)
+    assert asdict(parsed) == {**config, "data": "fer2013.csv.gz"}
 
 
 def test_evaluate_writes_report(toy_csv, tmp_path):

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -541,6 +542,26 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
     if is_main and ((out / "config.json").exists() or (out / "last.pt").exists()):
         raise FerlabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     return cfg, out
+
+
+def train_command(config: dict) -> str:
+    """The `ferlab train` command that recreates a run: its recipe plus every setting it overrode."""
+    base = asdict(TrainConfig())
+    words = ["ferlab", "train"]
+    if config.get("recipe"):
+        from ferlab.recipes import get_recipe
+
+        base.update(get_recipe(config["recipe"]))
+        words += ["--recipe", config["recipe"]]
+    for key, value in config.items():
+        if key in ("data", "recipe") or key not in base or value == base[key]:
+            continue
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            words += [f"--{flag}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return shlex.join(words + ["--data", Path(config["data"]).name])
 
 
 def run(args) -> int:
