@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ferlab.models import count_parameters, create_model
-from ferlab.train import TrainConfig, predict_logits, train_one_epoch
+from ferlab.train import TrainConfig, autocast_dtype, predict_logits, train_one_epoch
 
 VARIANTS = {
     "fp32": dict(amp="fp32", channels_last=False),          # plain PyTorch eager
@@ -67,6 +67,9 @@ def main() -> None:
     names = list_models() if a.model == "all" else a.model.split(",")
     for name in names:
         for variant in a.variants.split(","):
+            if VARIANTS[variant]["amp"] == "bf16" and autocast_dtype("auto", torch.device("cpu")) is None:
+                print(json.dumps({"model": name, "variant": variant, "skipped": "this CPU has no native bf16 (AVX-512 BF16 / AMX)"}), flush=True)
+                continue
             print(json.dumps(measure(name, variant, a.batch_size, a.steps, a.augment, a.optimizer)), flush=True)
 
 

@@ -28,7 +28,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,34 +52,42 @@ TINY = {
 }
 TINY_SPACE = {"first_filters": [4, 8, 4], "max_filters": [8, 16, 8]}
 
-# Hours are estimates for a quiet 2-core AVX-512-BF16 CPU (bf16 autocast), from measured training
-# throughput of each model; a CPU shared with another training takes about twice as long.
+# The cpu budget of each paper is sized to finish within one 3-hour session on the slower of the two
+# 2-core CPUs ferlab has been measured on: an AMD EPYC with AVX2 only (fp32), which trains these models
+# 2.5-3x slower than an AVX-512/AMX CPU with bf16 autocast. Times below: AVX2 fp32 (AMX bf16), training
+# plus per-epoch evaluation, 2 threads, quiet machine; from images/s measured with
+# benchmarks/train_speed.py (AVX2: triwijoyo2021 31, sarmah2023 8-conv 45 / 5-conv 89 / base 64,
+# bah2022 resnet 74, li2023 1,130 train images/s) and, where stated, from the cpu runs themselves.
 BUDGETS = {
     "triwijoyo2021": {
-        "full": {"epochs": 20},       # ~9 h
-        "cpu": {"epochs": 10},        # ~4.5 h: both models, 10 of 20 epochs (covers the paper's epoch-10 statements)
-        "smoke": {"epochs": 1},
+        "full": {"epochs": 20, "train_fraction": 1.0},      # ~12 h (4 h): 2 models x 20 epochs x 32,137 faces
+        # ~2.2 h (45 min): both models for 10 epochs (the paper's epoch-10 statements) on a stratified
+        # third of Training+PublicTest; validation on all of PrivateTest
+        "cpu": {"epochs": 10, "train_fraction": 1 / 3},
+        "smoke": {"epochs": 1, "train_fraction": 1.0},
     },
     "sarmah2023": {
         # ~2,000 h: the search alone is 2 x 100 trials x 20 epochs of models up to 9x the default's cost
         "full": {"search_trials": 100, "search_epochs": 20, "search_fraction": 1.0, "batch_epochs": 20, "batch_fraction": 1.0,
                  "adam_epochs": 150, "sgd_epochs": 150, "conv5_epochs": 300, "base_epochs": 50, "final_params": "search"},
-        # ~5 h: search (6 trials x 2 epochs) and batch sizes (2 epochs) on a stratified 10% / 20% of Training
-        # (needs TrainConfig.train_fraction); final runs on all of it for 3 / 3 / 6 / 3 epochs with the
-        # documented 5,228,487-parameter default layout.
+        # ~2.3 h (50 min): search (6 trials x 2 epochs per family) and batch sizes (2 epochs) on a stratified
+        # 10% / 20% of Training; final runs on all of it for 2 / 2 / 4 / 2 epochs with the documented
+        # 5,228,487-parameter default layout.
         "cpu": {"search_trials": 6, "search_epochs": 2, "search_fraction": 0.1, "batch_epochs": 2, "batch_fraction": 0.2,
-                "adam_epochs": 3, "sgd_epochs": 3, "conv5_epochs": 6, "base_epochs": 3, "final_params": "default"},
+                "adam_epochs": 2, "sgd_epochs": 2, "conv5_epochs": 4, "base_epochs": 2, "final_params": "default"},
         "smoke": {"search_trials": 2, "search_epochs": 1, "search_fraction": 1.0, "batch_epochs": 1, "batch_fraction": 1.0,
                   "adam_epochs": 1, "sgd_epochs": 1, "conv5_epochs": 1, "base_epochs": 1, "final_params": "search"},
     },
     "bah2022": {
-        "full": {"fergit_epochs": 100, "ckplus_epochs": 100, "folds": 10, "fold_epochs": 100},   # ~55 h (less if early stopping ends runs)
-        "cpu": {"fergit_epochs": 5, "ckplus_epochs": 30, "folds": 10, "fold_epochs": 15},         # ~3.5 h
+        "full": {"fergit_epochs": 100, "ckplus_epochs": 100, "folds": 10, "fold_epochs": 100},   # ~35 h (13 h; less if early stopping ends runs)
+        # ~1.5 h (35 min): 3 epochs of each model on FERGIT's 44,440 training faces; CK+ is small (~880 faces a run)
+        "cpu": {"fergit_epochs": 3, "ckplus_epochs": 20, "folds": 10, "fold_epochs": 10},
         "smoke": {"fergit_epochs": 1, "ckplus_epochs": 1, "folds": 3, "fold_epochs": 1},
     },
     "li2023": {
-        "full": {"epochs": [20, 40, 60, 80, 100], "separate_runs": True},    # ~8-10 h: 300 epochs
-        "cpu": {"epochs": [20, 40, 60, 80, 100], "separate_runs": False},    # ~40 min: one 100-epoch run read at 20..100 (24 s/epoch)
+        "full": {"epochs": [20, 40, 60, 80, 100], "separate_runs": True},    # ~2.5 h (1 h): 300 epochs
+        # ~50 min (25 min): one 100-epoch run read at 20..100 (measured 49 s/epoch on 1 AVX2 thread)
+        "cpu": {"epochs": [20, 40, 60, 80, 100], "separate_runs": False},
         "smoke": {"epochs": [1, 2], "separate_runs": False},
     },
 }
@@ -167,11 +175,6 @@ class Reproduction:
         cfg = {**base, "seed": self.seed, **overrides}
         if self.budget_name == "smoke":
             cfg["model_kwargs"] = {**cfg.get("model_kwargs", {}), **TINY.get(cfg["model"], {})}
-        if cfg.get("train_fraction", 1.0) == 1.0:
-            cfg.pop("train_fraction", None)
-        elif "train_fraction" not in {f.name for f in fields(TrainConfig)}:
-            raise FerlabError(f"--budget {self.budget_name} of {self.paper} trains on a fraction of the data, "
-                              "which needs TrainConfig.train_fraction (not in this version of ferlab.train)")
         return TrainConfig(**cfg)
 
     def train(self, name: str, cfg, evaluate: bool = True) -> dict:
@@ -332,15 +335,19 @@ def confusion_table(report: dict) -> list[str]:
 
 def triwijoyo2021(r: Reproduction) -> None:
     data = r.path("data", "--data FER2013_CSV")
-    epochs = r.budget["epochs"]
+    epochs, fraction = r.budget["epochs"], r.budget["train_fraction"]
     sizes = r.split_sizes(data)
     n_train, n_val = sizes.get("Training", 0) + sizes.get("PublicTest", 0), sizes.get("PrivateTest", 0)
     r.data_notes.append(f"{data}: train on Training+PublicTest ({n_train:,} faces; paper 32,298), "
                         f"validate on PrivateTest ({n_val:,}; paper 3,589)")
     if epochs < 20:
         r.reductions.append(f"{epochs} of the paper's 20 epochs for each model")
-    bn = r.train("bn", r.config("triwijoyo2021", data=data, epochs=epochs))["history"]
-    nobn = r.train("nobn", r.config("triwijoyo2021_nobn", data=data, epochs=epochs))["history"]
+    if fraction < 1:
+        r.reductions.append(f"trained on a stratified {100 * fraction:.0f}% of Training+PublicTest ({round(n_train * fraction):,} faces): "
+                            "fewer steps per epoch, and a smaller set is memorised sooner")
+        n_train = round(n_train * fraction)
+    bn = r.train("bn", r.config("triwijoyo2021", data=data, epochs=epochs, train_fraction=fraction))["history"]
+    nobn = r.train("nobn", r.config("triwijoyo2021_nobn", data=data, epochs=epochs, train_fraction=fraction))["history"]
 
     common = f"{n_train:,}/{n_val:,} faces vs 32,298/3,589; PyTorch port, bf16 autocast where the CPU has it"
     short = f"; only {n_epochs(epochs)} run" if epochs < 20 else ""

@@ -281,7 +281,7 @@ def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, devi
         correct += (logits.argmax(1) == hard).sum().item()
         seen += len(batch)
         if b % 20 == 0:
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)  # the bar's own interval
     loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], dist)
     return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 

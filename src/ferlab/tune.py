@@ -36,7 +36,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ferlab.atomic import atomic_write_text
@@ -100,14 +100,9 @@ class TuneSettings:
         """The TrainConfig of one trial."""
         from ferlab.train import TrainConfig
 
-        extra = {}
-        if self.train_fraction != 1.0:
-            if "train_fraction" not in {f.name for f in fields(TrainConfig)}:
-                raise FerlabError("--train-fraction needs TrainConfig.train_fraction in ferlab.train (not in this version)")
-            extra["train_fraction"] = self.train_fraction
         return TrainConfig(model=self.model, model_kwargs={**self.model_kwargs, **params}, data=self.data,
                            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                           augment=self.augment, test_splits="", seed=self.seed, **extra)
+                           augment=self.augment, test_splits="", seed=self.seed, train_fraction=self.train_fraction)
 
 
 def suggest(trial, space: dict) -> dict:
@@ -244,32 +239,6 @@ def open_study(storage, study_name: str, settings: TuneSettings, sampler: str, p
 # ---------------------------------------------------------------------------------------------
 # One trial
 
-def _fit_with_epoch_callback(cfg, out: Path, resume: bool, device: str, log, on_epoch_end):
-    """ferlab.train.fit, calling on_epoch_end(row) after each epoch; True ends the run there.
-    Returns the run's history (None if the fallback below stopped it: read metrics.csv then)."""
-    from ferlab.train import fit
-
-    if "on_epoch_end" in inspect.signature(fit).parameters:
-        return fit(cfg, out, resume=resume, device=device, log=log, on_epoch_end=on_epoch_end)
-
-    # Until fit() takes on_epoch_end: fit logs "epoch N: ..." right after writing metrics.csv.
-    class Stop(Exception):
-        pass
-
-    def log_and_call(message: str) -> None:
-        log(message)
-        if message.startswith("epoch "):
-            import csv
-            with open(out / "metrics.csv") as f:
-                row = list(csv.DictReader(f))[-1]
-            if on_epoch_end({k: float(v) if k != "epoch" else int(v) for k, v in row.items() if v != ""}):
-                raise Stop
-    try:
-        return fit(cfg, out, resume=resume, device=device, log=log_and_call)
-    except Stop:
-        return None
-
-
 def read_history(run: Path) -> list[dict]:
     import csv
     if not (run / "metrics.csv").is_file():
@@ -283,6 +252,7 @@ def run_trial(trial, settings: TuneSettings, out: Path, device: str, log) -> flo
     best validation accuracy; pruned trials raise optuna.TrialPruned."""
     optuna = _optuna()
     from ferlab.models import count_parameters, create_model
+    from ferlab.train import fit
 
     params = suggest(trial, settings.space)
     cfg = settings.train_config(params)
@@ -318,8 +288,7 @@ def run_trial(trial, settings: TuneSettings, out: Path, device: str, log) -> flo
         return False
 
     t0 = time.time()
-    history = (_fit_with_epoch_callback(cfg, run, resume, device, lambda m: log(f"  trial {trial.number} {m}"), on_epoch_end)
-               or read_history(run))
+    history = fit(cfg, run, resume=resume, device=device, log=lambda m: log(f"  trial {trial.number} {m}"), on_epoch_end=on_epoch_end)
     best = max(history, key=lambda r: r["val_acc"])
     trial.set_user_attr("best_epoch", int(best["epoch"]))
     trial.set_user_attr("epochs_run", len(history))
