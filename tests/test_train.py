@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from ferlab.atomic import atomic_write_text
-from ferlab.checkpoint import load_state
+from ferlab.checkpoint import load_state, load_weights
 from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
-from ferlab.train import TrainConfig, balanced_class_weights, config_from_args, fit, train_command
+from ferlab.train import TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, train_command
 from synthetic import write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
@@ -71,6 +71,8 @@ def test_learns_separable_problem(toy_csv, tmp_path):
     rows = read_metrics(tmp_path / "run")
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
     assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "time_s"} <= set(rows[0])
+    _, meta = load_weights(tmp_path / "run" / "best.safetensors")   # wall times mean little without the machine
+    assert meta["trained_on"] == describe_machine() and "CPUs" in meta["trained_on"] and "torch" in meta["trained_on"]
 
 
 def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):

@@ -25,7 +25,6 @@ settings (another budget, other data) is refused: use another --out.
 import argparse
 import json
 import os
-import platform
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -232,7 +231,7 @@ class Reproduction:
         return name
 
     def write(self, command: str, seconds: float) -> Path:
-        import torch
+        from ferlab.train import describe_machine
 
         lines = [f"# Reproducing {TITLES[self.paper]}", "",
                  f"- command: `{command}`",
@@ -241,7 +240,7 @@ class Reproduction:
             lines.append("- reduced from the paper's protocol: " + "; ".join(self.reductions))
         lines += [f"- data: {note}" for note in self.data_notes]
         train_s = sum(r["train_seconds"] for r in self.results.values()) + self.other_seconds
-        lines += [f"- machine: {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        lines += [f"- machine: {describe_machine()}; "
                   f"training time of the runs {minutes(train_s)}, this invocation {minutes(seconds)}",
                   f"- runs: `{self.out / 'runs'}` (each a `ferlab train` run directory; `ferlab evaluate RUN --data ...` re-scores one)",
                   "", "## Claims", "",
