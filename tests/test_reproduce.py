@@ -19,11 +19,13 @@ PAPER_NUMBERS = {
     "triwijoyo2021": ["98%", "62%", "> 90%", "< 0.20", "> 0.30"],
     "sarmah2023": ["65%", "92%", "62%", "61.9%", "69.55%", "68.21%", "70.58%", "5,228,487"],
     "bah2022": ["74%", "75%", "97% (99 faces)", "train 86%, validation 74%", "44 min", "48 min", "29 min",
-                "| angry | 0.64 | 0.49 | 0.56 | 260 |", "| contempt | 1.00 | 0.60 | 0.75 | 5 |"],
+                "| angry | 0.64 | 0.49 | 0.56 | 260 |", "| contempt | 1.00 | 0.60 | 0.75 | 5 |",
+                "86% confidence"],
     "li2023": ["51.17%", "8.11%"],
 }
 FIGURES = {"triwijoyo2021": ["figure3.png"], "sarmah2023": ["final-curves.png"],
-           "bah2022": ["curves.png", "confusion-fergit-resnet.png", "confusion-ckplus-folds.png"], "li2023": ["curves.png"]}
+           "bah2022": ["curves.png", "confusion-fergit-resnet.png", "confusion-ckplus-folds.png", "photo-astronaut.jpg"],
+           "li2023": ["curves.png"]}
 
 
 def image_folders(root, classes, n, subjects=False, seed=1):
