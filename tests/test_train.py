@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from ferlab.atomic import atomic_write_text
-from ferlab.checkpoint import load_state, load_weights
+from ferlab.checkpoint import load_model, load_state, load_weights, save_weights
+from ferlab.errors import FerlabError
 from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
 from ferlab.train import TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, train_command
@@ -78,6 +79,39 @@ def test_learns_separable_problem(toy_csv, tmp_path):
 def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):
     history = fit(tiny_config(toy_csv, epochs=8, mixup=0.4, cutmix=1.0), tmp_path / "run", log=lambda *a: None)
     assert history[-1]["val_acc"] > 0.9
+
+
+def test_distillation_learns_from_the_teacher_not_the_labels(toy_csv, tmp_path):
+    # Training labels shuffled: alone, a student learns nothing; distilled (weight 1: labels unused)
+    # from a teacher trained on the true labels, it learns the task (PublicTest keeps true labels).
+    with open(toy_csv) as f:
+        rows = list(csv.reader(f))
+    train = [i for i, r in enumerate(rows) if r[2] == "Training"]
+    shuffled = np.random.default_rng(0).permutation([rows[i][0] for i in train])
+    for i, y in zip(train, shuffled):
+        rows[i][0] = y
+    noisy = tmp_path / "noisy.csv"
+    with open(noisy, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    quiet = dict(log=lambda *a: None)
+    assert fit(tiny_config(toy_csv, epochs=6), tmp_path / "teacher", **quiet)[-1]["val_acc"] > 0.9
+    alone = fit(tiny_config(noisy, epochs=6), tmp_path / "alone", **quiet)
+    # the toy teacher is right but unsure (mean top probability ~0.5): T < 1 sharpens its targets
+    distilled = fit(tiny_config(noisy, epochs=6, teacher=str(tmp_path / "teacher"), distill_weight=1.0,
+                                distill_temperature=0.25), tmp_path / "student", **quiet)
+    assert max(r["val_acc"] for r in alone) < 0.5
+    assert distilled[-1]["val_acc"] > 0.9
+
+    # a teacher with other classes, or a bad weight, fails in one line before training
+    with pytest.raises(FerlabError, match="teacher"):
+        TrainConfig(data=str(noisy), teacher="default", distill_weight=1.5)
+    ckplus_like = tmp_path / "teacher8"
+    ckplus_like.mkdir()
+    _, meta = load_weights(tmp_path / "teacher" / "best.safetensors")
+    model, _ = load_model(str(tmp_path / "teacher"))
+    save_weights(ckplus_like / "best.safetensors", model, {**meta, "classes": [f"c{i}" for i in range(7)]})
+    with pytest.raises(FerlabError, match="its classes"):
+        fit(tiny_config(noisy, epochs=1, teacher=str(ckplus_like)), tmp_path / "bad", **quiet)
 
 
 def test_ema_warms_up_then_decays_at_the_configured_rate():

@@ -34,6 +34,7 @@ from ferlab.augment import apply_augment, get_augment, mix_batch, sample_params
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_state, save_state, save_weights
 from ferlab.errors import FerlabError
+from ferlab.tta import tta_probs
 
 
 @dataclass
@@ -67,6 +68,11 @@ class TrainConfig:
     mixup: float = 0.0                  # Beta(a, a) alpha of mixup; 0: off
     cutmix: float = 0.0                 # Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)
     ema: float = 0.0                    # decay of an exponential moving average of weights; 0: off
+    teacher: str = ""                   # knowledge distillation: comma-separated models (run dirs, weights, bundled
+                                        # names) whose mean probabilities the student also learns; "": off
+    teacher_tta: str = "none"           # the teacher's view of each training batch: none | flip (ferlab.tta)
+    distill_weight: float = 0.5         # loss = (1 - w) * cross-entropy(labels) + w * T^2 * KL(teacher || student)
+    distill_temperature: float = 4.0    # T: both distributions softened by logits / T
     amp: str = "auto"                   # auto (bf16 where the device supports it) | bf16 | fp32
     channels_last: bool = True
     seed: int = 0
@@ -83,6 +89,8 @@ class TrainConfig:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
         if self.mixup < 0 or self.cutmix < 0:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
+        if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0 and self.teacher_tta in ("none", "flip")):
+            raise FerlabError("with --teacher: --distill-weight in (0, 1], --distill-temperature > 0 and --teacher-tta none or flip")
         get_augment(self.augment)
 
 
@@ -257,8 +265,30 @@ def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def load_teachers(cfg: TrainConfig, classes, device) -> list[nn.Module]:
+    """The --teacher models in eval mode; each must name the data's classes in the same order."""
+    from ferlab.checkpoint import load_model
+
+    teachers = []
+    for spec in filter(None, (t.strip() for t in cfg.teacher.split(","))):
+        model, card = load_model(spec, device)
+        if list(card.get("classes", [])) != list(classes):
+            raise FerlabError(f"--teacher {spec}: its classes {card.get('classes')} are not the data's {list(classes)}")
+        teachers.append(model.to(memory_format=torch.channels_last) if cfg.channels_last else model)
+    return teachers
+
+
+def distillation_loss(logits, x, teachers, cfg: TrainConfig) -> torch.Tensor:
+    """T^2 * KL(teacher || student) at temperature T (Hinton et al. 2015); the teacher sees the same
+    augmented (and mixed) batch, and an ensemble of teachers gives its mean probabilities."""
+    t = cfg.distill_temperature
+    with torch.no_grad():
+        target = sum(tta_probs(lambda v, m=m: m(v) / t, x, cfg.teacher_tta) for m in teachers) / len(teachers)
+    return F.kl_div(F.log_softmax(logits / t, 1), target.float(), reduction="batchmean") * t * t
+
+
 def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, device, gen, scheduler=None,
-                    step_scheduler=False, class_weights=None, ema=None, dist=Dist(), desc="train") -> dict:
+                    step_scheduler=False, class_weights=None, ema=None, teachers=(), dist=Dist(), desc="train") -> dict:
     """One pass over the training set in a seeded random order; returns mean loss and accuracy."""
     model.train()
     augment = get_augment(cfg.augment)
@@ -282,10 +312,13 @@ def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, devi
             x, lam = mix_batch(x, cfg.mixup, cfg.cutmix, gen)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(x)
+            distill = distillation_loss(logits.float(), x, teachers, cfg) if teachers else None
         logits = logits.float()
         loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
         if lam < 1.0:
             loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y.flip(0), weight=weight, label_smoothing=cfg.label_smoothing)
+        if distill is not None:
+            loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distill
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -414,6 +447,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         targets = torch.from_numpy(train.labels.astype(np.int64))
     val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels.astype(np.int64))
 
+    teachers = load_teachers(cfg, classes, device) if cfg.teacher else []
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(classes)}).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -460,7 +494,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         t0 = time.time()
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(ddp_model, optimizer, images, targets, cfg, device=device, gen=gen, scheduler=scheduler,
-                                   step_scheduler=step_scheduler, class_weights=weights, ema=ema, dist=d,
+                                   step_scheduler=step_scheduler, class_weights=weights, ema=ema, teachers=teachers, dist=d,
                                    desc=f"epoch {epoch}/{cfg.epochs}"))
         if ema is not None and d.world > 1:
             pass  # every rank holds identical weights after the DDP step, so its EMA is identical too
