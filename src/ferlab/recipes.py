@@ -20,7 +20,8 @@ RECIPES = {
     # shift 0.1, horizontal flip. Test accuracy reported on FER2013's test split.
     "sarmah2023": dict(model="sarmah2023_8conv", optimizer="adam", lr=1e-4, epochs=150, batch_size=32,
                        augment="sarmah2023", **FER2013_OFFICIAL),
-    # The paper's SGD-Nesterov comparison; learning rate not stated: Keras' SGD default 0.01, momentum 0.9.
+    # The paper's SGD-Nesterov comparison; neither value stated: lr 0.01 is Keras' SGD default, momentum 0.9 is ours
+    # (Keras' default momentum 0 would make Nesterov a no-op).
     "sarmah2023_sgd": dict(model="sarmah2023_8conv", optimizer="sgd", lr=1e-2, momentum=0.9, epochs=150,
                            batch_size=32, augment="sarmah2023", **FER2013_OFFICIAL),
     # sarmah2023's 5-conv model, trained for 300 epochs.
