@@ -80,7 +80,7 @@ BUDGETS = {
     "bah2022": {
         "full": {"fergit_epochs": 100, "ckplus_epochs": 100, "folds": 10, "fold_epochs": 100},   # ~35 h (13 h; less if early stopping ends runs)
         # ~1.5 h (35 min): 3 epochs of each model on FERGIT's 44,440 training faces; CK+ is small (~880 faces a run)
-        "cpu": {"fergit_epochs": 3, "ckplus_epochs": 20, "folds": 10, "fold_epochs": 10},
+        "cpu": {"fergit_epochs": 3, "ckplus_epochs": 15, "folds": 10, "fold_epochs": 8},
         "smoke": {"fergit_epochs": 1, "ckplus_epochs": 1, "folds": 3, "fold_epochs": 1},
     },
     "li2023": {
