@@ -66,8 +66,8 @@ BUDGETS = {
         "smoke": {"epochs": 1, "train_fraction": 1.0},
     },
     "sarmah2023": {
-        # ~2,000 h: the search alone is 2 x 100 trials x 20 epochs of models up to 9x the default's cost
-        "full": {"search_trials": 100, "search_epochs": 20, "search_fraction": 1.0, "batch_epochs": 20, "batch_fraction": 1.0,
+        # ~1,000 h: "a total of 100 trials" of 20 epochs, read as 50 per family, of models up to 9x the default's cost
+        "full": {"search_trials": 50, "search_epochs": 20, "search_fraction": 1.0, "batch_epochs": 20, "batch_fraction": 1.0,
                  "adam_epochs": 150, "sgd_epochs": 150, "conv5_epochs": 300, "base_epochs": 50, "final_params": "search"},
         # ~2.3 h (50 min): search (6 trials x 2 epochs per family) and batch sizes (2 epochs) on a stratified
         # 10% / 20% of Training; final runs on all of it for 2 / 2 / 4 / 2 epochs with the documented
