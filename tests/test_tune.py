@@ -128,14 +128,13 @@ def test_two_workers_share_one_study(toy_csv, tmp_path, one_thread, capsys):
 
 
 def test_epoch_callback_can_stop_a_run(toy_csv, tmp_path, one_thread):
-    from ferlab.tune import _fit_with_epoch_callback, read_history
-    from ferlab.train import TrainConfig
+    from ferlab.tune import read_history
+    from ferlab.train import TrainConfig, fit
 
     cfg = TrainConfig(model="sarmah2023_8conv", model_kwargs={"first_filters": 4, "max_filters": 8}, data=str(toy_csv),
                       epochs=3, batch_size=32, test_splits="")
     seen = []
-    _fit_with_epoch_callback(cfg, tmp_path / "run", False, "cpu", lambda m: None,
-                             lambda row: seen.append(row["epoch"]) or True)
+    fit(cfg, tmp_path / "run", device="cpu", log=lambda m: None, on_epoch_end=lambda row: seen.append(row["epoch"]) or True)
     assert seen == [1] and [r["epoch"] for r in read_history(tmp_path / "run")] == [1]
 
 
