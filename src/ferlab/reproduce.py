@@ -69,10 +69,10 @@ BUDGETS = {
         # ~1,000 h: "a total of 100 trials" of 20 epochs, read as 50 per family, of models up to 9x the default's cost
         "full": {"search_trials": 50, "search_epochs": 20, "search_fraction": 1.0, "batch_epochs": 20, "batch_fraction": 1.0,
                  "adam_epochs": 150, "sgd_epochs": 150, "conv5_epochs": 300, "base_epochs": 50, "final_params": "search"},
-        # ~2.3 h (50 min): search (6 trials x 2 epochs per family) and batch sizes (2 epochs) on a stratified
-        # 10% / 20% of Training; final runs on all of it for 2 / 2 / 4 / 2 epochs with the documented
-        # 5,228,487-parameter default layout.
-        "cpu": {"search_trials": 6, "search_epochs": 2, "search_fraction": 0.1, "batch_epochs": 2, "batch_fraction": 0.2,
+        # ~2.4 h (50 min): search (4 trials x 2 epochs per family; a random trial costs 1.6-2x the default
+        # layout on average, up to 8x) and batch sizes (2 epochs) on a stratified 10% / 20% of Training;
+        # final runs on all of it for 2 / 2 / 4 / 2 epochs with the documented 5,228,487-parameter layout.
+        "cpu": {"search_trials": 4, "search_epochs": 2, "search_fraction": 0.1, "batch_epochs": 2, "batch_fraction": 0.2,
                 "adam_epochs": 2, "sgd_epochs": 2, "conv5_epochs": 4, "base_epochs": 2, "final_params": "default"},
         "smoke": {"search_trials": 2, "search_epochs": 1, "search_fraction": 1.0, "batch_epochs": 1, "batch_fraction": 1.0,
                   "adam_epochs": 1, "sgd_epochs": 1, "conv5_epochs": 1, "base_epochs": 1, "final_params": "search"},
