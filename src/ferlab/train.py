@@ -447,8 +447,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         targets = torch.from_numpy(train.labels.astype(np.int64))
     val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels.astype(np.int64))
 
-    teachers = load_teachers(cfg, classes, device) if cfg.teacher else []
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(classes)}).to(device)
+    teachers = load_teachers(cfg, classes, device) if cfg.teacher else []   # after the student: same init as without
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=ema_update_fn(cfg.ema), use_buffers=True) if cfg.ema else None
