@@ -146,7 +146,8 @@ def test_onnx_backend_on_a_photo(recognizer, fernet_weights, astronaut):
         assert got[0]["probs"][c] == pytest.approx(ref[0]["probs"][c], abs=1e-5)
 
 
-def test_backend_choice(fernet_weights):
+def test_backend_choice(fernet_weights, monkeypatch):
+    monkeypatch.setattr("ferlab.train.native_bf16", lambda device: True)   # bf16 as on an AMX CPU
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "onnx"
     assert Recognizer(fernet_weights, detector="none", backend="auto", precision="bf16").backend == "torch"
     assert Recognizer(fernet_weights, detector="none").backend == "onnx"  # auto is the default

@@ -186,14 +186,20 @@ def test_ensemble_members_must_share_their_classes(fernet_weights, ferplus8_weig
         Recognizer([], detector="none")
 
 
-def test_bf16_and_channels_last_options(fernet_weights):
+def test_bf16_and_channels_last_options(fernet_weights, monkeypatch):
     x = np.random.default_rng(3).random((8, 48, 48), dtype=np.float32)
     ref = Recognizer(fernet_weights, detector="none", channels_last=False).probabilities(x)
     np.testing.assert_allclose(ref, softmax_of(fernet_weights, x), atol=1e-6)
     cl = Recognizer(fernet_weights, detector="none", channels_last=True).probabilities(x)
     np.testing.assert_allclose(cl, ref, atol=1e-5)
+    # bf16 where the CPU has it natively (forced here: on other CPUs torch emulates it, slowly but right)
+    monkeypatch.setattr("ferlab.train.native_bf16", lambda device: True)
     bf16 = Recognizer(fernet_weights, detector="none", precision="bf16").probabilities(x)
     np.testing.assert_allclose(bf16, ref, atol=0.03)
+    # and refused where it would be emulated, several times slower than fp32
+    monkeypatch.setattr("ferlab.train.native_bf16", lambda device: False)
+    with pytest.raises(FerlabError, match="native bf16"):
+        Recognizer(fernet_weights, detector="none", precision="bf16")
 
 
 # ---- bad files --------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class Recognizer:
     "tencrop" (ten views: the corner and centre 44x44 crops, resized to 48, and their mirrors;
     10x the classifier work). See ferlab.tta.
     precision: "fp32" (default) or "bf16" autocast (2-3x the faces/s on CPUs with AMX or
-    AVX512-BF16, see benchmarks/inference_speed.py; probabilities move by up to ~1e-2).
+    AVX512-BF16, see benchmarks/inference_speed.py; probabilities move by up to ~1e-2). Refused
+    where the hardware has no native bf16: emulated, it ran 7.6x slower than fp32 on an AVX2 CPU.
     channels_last: NHWC memory layout (default on: 1.2-1.5x faster on CPU, same fp32 results
     up to summation order, ~1e-6).
     backend: "torch", "onnx" (the classifier exported to ONNX in memory when the
@@ -112,6 +113,11 @@ class Recognizer:
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size, self.tta, self.precision, self.align = batch_size, tta, precision, align
         self.backend = _pick_backend(backend, self.device, precision)
+        from ferlab.train import native_bf16
+
+        if precision == "bf16" and not native_bf16(self.device):
+            raise FerlabError(f"precision 'bf16' needs native bf16 (AVX-512 BF16 or AMX CPUs, recent GPUs); this {self.device.type} "
+                              "would emulate it, several times slower than fp32: use precision 'fp32'")
         self.sessions = [None] * len(self.models)  # an OnnxClassifier per member with the onnx backend
         if self.backend == "onnx":
             try:
@@ -539,7 +545,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="test-time augmentation: flip averages each face with its mirror, tencrop over 10 crops")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16 autocast is 2-3x faster on recent CPUs")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16 autocast: 2-3x faster on CPUs with AMX or AVX-512 BF16, refused on others")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="NHWC memory layout (default: on, faster on CPU)")
     parser.add_argument("--batch-size", type=int, default=64, help="faces per classifier batch")

@@ -109,14 +109,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True where the hardware runs bf16 natively (AVX-512 BF16/AMX CPUs, Ampere+ GPUs). Elsewhere
+    bf16 is emulated: measured 7.6x slower than fp32 for FERNet-M inference on an AVX2-only CPU."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware runs it natively (AVX-512 BF16/AMX CPUs, Ampere+ GPUs)."""
+    """bf16 autocast where the hardware runs it natively, else None (fp32)."""
     if amp == "fp32":
         return None
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    supported = native_bf16(device)
     if amp == "bf16" and not supported:
         raise FerlabError(f"--amp bf16 is not supported on this {device.type}")
     return torch.bfloat16 if supported else None
@@ -134,7 +139,7 @@ def describe_machine(device: torch.device | None = None) -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    bf16 = "native bf16" if autocast_dtype("auto", device) is not None else "no native bf16: fp32"
+    bf16 = "native bf16" if native_bf16(device) else "no native bf16: fp32"
     return f"{cpu}, {os.cpu_count()} CPUs, {bf16}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
