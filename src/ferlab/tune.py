@@ -323,9 +323,9 @@ def run_study(settings: TuneSettings, *, trials: int, storage: str = "sqlite:///
     study_name = study_name or f"sarmah2023-{settings.family}"
     out = Path(out or f"tune-{study_name}")
     out.mkdir(parents=True, exist_ok=True)
-    store, retry = make_storage(storage, heartbeat)
     lock = StudyLock(storage)
-    with lock:  # creating the tables and the study is not safe to race on SQLite
+    with lock:  # creating the tables (in make_storage) and the study is not safe to race on SQLite
+        store, retry = make_storage(storage, heartbeat)
         study = open_study(store, study_name, settings, sampler, pruner)
     locked = lock.path is not None
     current = {}
