@@ -79,13 +79,14 @@ BUDGETS = {
     },
     "bah2022": {
         "full": {"fergit_epochs": 100, "ckplus_epochs": 100, "folds": 10, "fold_epochs": 100},   # ~35 h (13 h; less if early stopping ends runs)
-        # ~1.5 h (35 min): 3 epochs of each model on FERGIT's 44,440 training faces; CK+ is small (~880 faces a run)
+        # ~1.5 h (35 min): 3 epochs of each model on FERGIT's 44,440 training faces; CK+ is small (~880 faces a run);
+        # measured ~2.4 h on 1 AVX2 thread beside another run (FERGIT epochs 15-18 min)
         "cpu": {"fergit_epochs": 3, "ckplus_epochs": 15, "folds": 10, "fold_epochs": 8},
         "smoke": {"fergit_epochs": 1, "ckplus_epochs": 1, "folds": 3, "fold_epochs": 1},
     },
     "li2023": {
         "full": {"epochs": [20, 40, 60, 80, 100], "separate_runs": True},    # ~2.5 h (1 h): 300 epochs
-        # ~50 min (25 min): one 100-epoch run read at 20..100 (measured 49 s/epoch on 1 AVX2 thread)
+        # ~50 min (25 min): one 100-epoch run read at 20..100; measured 1.6 h on 1 AVX2 thread beside another run
         "cpu": {"epochs": [20, 40, 60, 80, 100], "separate_runs": False},
         "smoke": {"epochs": [1, 2], "separate_runs": False},
     },
