@@ -9,7 +9,9 @@ PrivateTest accuracy and macro-F1 (fp32; no TTA, flip and ten-crop TTA) measured
 minutes of training to first reach each PrivateTest accuracy when the run logged it (`ferlab train
 --test-splits PrivateTest`, as benchmarks/time_to_accuracy.py runs it), the PrivateTest accuracy
 of its ONNX exports (fp32, and int8 as `ferlab export --quantize int8 --data` writes it) with the
-opset, preprocessing, classes.
+opset, preprocessing, classes. A run that started from (`--init`) or distilled from (`--teacher`)
+other models records their cards' training too, read before anything is overwritten: the
+total training cost includes theirs.
 """
 
 import argparse
@@ -41,6 +43,18 @@ def onnx_accuracy(model, data: str, test) -> dict:
     return out
 
 
+def parent_training(config: dict) -> dict:
+    """The training summaries of the models a run was initialised or distilled from."""
+    specs = [config.get("init", "")] + config.get("teacher", "").split(",")
+    parents = {}
+    for spec in dict.fromkeys(name.strip() for name in specs if name.strip()):
+        _, card = load_model(spec)
+        training = card.get("training", {})
+        parents[spec] = {"weights": Path(card["weights_path"]).name, "model": card["model"],
+                         **{k: training[k] for k in ("command", "epochs", "wall_time_minutes", "machine", "parents") if k in training}}
+    return parents
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
@@ -51,6 +65,7 @@ def main() -> None:
     config = json.loads((a.run / "config.json").read_text())
     with open(a.run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
+    parents = parent_training(config)   # before this bundle may overwrite one of them
     model, meta = load_model(str(a.run / "best.safetensors"))
     meta.pop("weights_path")
     with torch.no_grad():  # measure exactly what ships: the float16-rounded weights
@@ -83,7 +98,8 @@ def main() -> None:
                      "epochs": len(rows), "best_epoch": meta.get("epoch"),
                      "wall_time_minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1),
                      "privatetest_reached_no_tta": reached,
-                     "machine": meta.get("trained_on", "not recorded")},
+                     "machine": meta.get("trained_on", "not recorded"),
+                     **({"parents": parents} if parents else {})},
         "metrics": metrics,
         "licence": "weights: MIT, trained by ferlab on FER2013 (research data set; check its terms for your use)",
     }

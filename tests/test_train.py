@@ -114,6 +114,38 @@ def test_distillation_learns_from_the_teacher_not_the_labels(toy_csv, tmp_path):
         fit(tiny_config(noisy, epochs=1, teacher=str(ckplus_like)), tmp_path / "bad", **quiet)
 
 
+def test_init_fine_tunes_from_a_trained_model(toy_csv, tmp_path):
+    from ferlab.models import create_model
+    from ferlab.train import load_init_weights
+
+    quiet = dict(log=lambda *a: None)
+    assert fit(tiny_config(toy_csv, epochs=6), tmp_path / "source", **quiet)[-1]["val_acc"] > 0.9
+    # at a learning rate too small to learn anything in one epoch, only the copied weights can score
+    still = dict(epochs=1, lr=1e-7)
+    assert fit(tiny_config(toy_csv, **still), tmp_path / "scratch", **quiet)[-1]["val_acc"] < 0.5
+    assert fit(tiny_config(toy_csv, init=str(tmp_path / "source"), **still), tmp_path / "tuned", **quiet)[-1]["val_acc"] > 0.9
+
+    # other classes (CK+'s): every layer but the classifier comes from the source; the classifier keeps
+    # the rows of the classes both name (anger = angry, sadness = sad) and starts contempt afresh
+    source, card = load_model(str(tmp_path / "source"))
+    cfg = tiny_config(toy_csv, init=str(tmp_path / "source"))
+    target = create_model(cfg.model, **cfg.model_kwargs, num_classes=7)
+    fresh = target.head[-1].weight.clone()
+    ckplus = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
+    load_init_weights(target, cfg, ckplus, log=lambda m: None)
+    assert torch.equal(target.features[0][0].weight, source.features[0][0].weight)
+    fer2013 = list(card["classes"])
+    for row, name in zip(target.head[-1].weight, ckplus):
+        i = {"anger": "angry", "sadness": "sad"}.get(name, name)
+        assert torch.equal(row, fresh[1] if name == "contempt" else source.head[-1].weight[fer2013.index(i)]), name
+
+    with pytest.raises(FerlabError, match="not the li2023"):
+        fit(TrainConfig(model="li2023", data=str(toy_csv), epochs=1, init=str(tmp_path / "source")), tmp_path / "bad", **quiet)
+    with pytest.raises(FerlabError, match="do not fit"):
+        fit(tiny_config(toy_csv, epochs=1, init=str(tmp_path / "source"), model_kwargs={"widths": [8, 16, 16, 32], "depths": [1, 1, 1, 1]}),
+            tmp_path / "bad2", **quiet)
+
+
 def test_ema_warms_up_then_decays_at_the_configured_rate():
     from torch.optim.swa_utils import AveragedModel
     from ferlab.train import ema_update_fn

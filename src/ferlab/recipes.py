@@ -29,15 +29,16 @@ RECIPES = {
                              augment="sarmah2023", **FER2013_OFFICIAL),
     # bah2022: Nadam 1e-3 (0.9/0.999), batch 64, 100 epochs, class-weighted cross-entropy,
     # ReduceLROnPlateau on val accuracy (patience 15, min_lr 1e-6; factor not stated: Keras' 0.1),
-    # EarlyStopping patience 30, best-val-accuracy checkpoint; flip/rotation/shift/zoom/brightness.
+    # EarlyStopping patience 30 (monitor not stated: Keras' val_loss), best-val-accuracy checkpoint;
+    # flip/rotation/shift/zoom/brightness.
     # Data: FERGIT split 90/5/5 (`--data fergit:FER2013_CSV,MUXSPACE_DIR`).
     "bah2022": dict(model="bah2022_resnet", optimizer="nadam", lr=1e-3, epochs=100, batch_size=64,
                     class_weights="balanced", schedule="plateau", plateau_monitor="val_acc", plateau_factor=0.1,
-                    plateau_patience=15, min_lr=1e-6, early_stop_monitor="val_acc", early_stop_patience=30,
+                    plateau_patience=15, min_lr=1e-6, early_stop_monitor="val_loss", early_stop_patience=30,
                     augment="bah2022", train_splits="train", val_splits="val", test_splits="test"),
     "bah2022_basic": dict(model="bah2022_basic", optimizer="nadam", lr=1e-3, epochs=100, batch_size=64,
                           class_weights="balanced", schedule="plateau", plateau_monitor="val_acc", plateau_factor=0.1,
-                          plateau_patience=15, min_lr=1e-6, early_stop_monitor="val_acc", early_stop_patience=30,
+                          plateau_patience=15, min_lr=1e-6, early_stop_monitor="val_loss", early_stop_patience=30,
                           augment="bah2022", train_splits="train", val_splits="val", test_splits="test"),
     # li2023: Adam 1e-3, augmentation, trained for 20/40/60/80/100 epochs (--epochs). Batch not stated: 32.
     "li2023": dict(model="li2023", optimizer="adam", lr=1e-3, epochs=20, batch_size=32, augment="li2023",

@@ -68,6 +68,7 @@ class TrainConfig:
     mixup: float = 0.0                  # Beta(a, a) alpha of mixup; 0: off
     cutmix: float = 0.0                 # Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)
     ema: float = 0.0                    # decay of an exponential moving average of weights; 0: off
+    init: str = ""                      # fine-tuning: start from a trained model (run dir, weights, bundled name)
     teacher: str = ""                   # knowledge distillation: comma-separated models (run dirs, weights, bundled
                                         # names) whose mean probabilities the student also learns; "": off
     teacher_tta: str = "none"           # the teacher's view of each training batch: none | flip (ferlab.tta)
@@ -283,6 +284,46 @@ def load_teachers(cfg: TrainConfig, classes, device) -> list[nn.Module]:
     return teachers
 
 
+def load_init_weights(model: nn.Module, cfg: TrainConfig, classes, log=print) -> None:
+    """--init: copy a trained model's weights into `model` before training (fine-tuning). When its
+    classes differ from the data's, the classifier (every registry model ends in one nn.Linear)
+    keeps the rows of the classes both name (CK+'s "sadness" is FER2013's "sad") and starts the
+    others afresh."""
+    from ferlab.checkpoint import load_model
+    from ferlab.labels import canonical_name
+
+    source, card = load_model(cfg.init)
+    if card["model"] != cfg.model:
+        raise FerlabError(f"--init {cfg.init}: it is a {card['model']} model, not the {cfg.model} being trained")
+    state = source.state_dict()
+    same_classes = list(card.get("classes", [])) == list(classes)
+    if not same_classes:
+        classifier = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        head = {k[len(classifier) + 1:]: state.pop(k) for k in list(state) if k.startswith(classifier + ".")}
+    try:
+        result = model.load_state_dict(state, strict=same_classes)
+        if not same_classes and (result.unexpected_keys or any(not k.startswith(classifier + ".") for k in result.missing_keys)):
+            raise RuntimeError(f"unmatched layers {(result.missing_keys + result.unexpected_keys)[:4]}")
+    except RuntimeError as e:
+        raise FerlabError(f"--init {cfg.init}: weights do not fit {cfg.model} with {cfg.model_kwargs or 'default'} "
+                          f"settings ({str(e).splitlines()[-1].strip()[:160]})") from None
+    if same_classes:
+        log(f"initialised from {card['weights_path']}: all layers")
+        return
+    source_row = {canonical_name(c): i for i, c in enumerate(card.get("classes", [])) if canonical_name(c)}
+    layer, kept = model.get_submodule(classifier), []
+    with torch.no_grad():
+        for row, name in enumerate(classes):
+            i = source_row.get(canonical_name(name))
+            if i is not None and head["weight"].shape[1] == layer.weight.shape[1]:
+                layer.weight[row] = head["weight"][i]
+                if layer.bias is not None and "bias" in head:
+                    layer.bias[row] = head["bias"][i]
+                kept.append(name)
+    log(f"initialised from {card['weights_path']}: all layers but the classifier {classifier!r}, which keeps the "
+        f"rows of {', '.join(kept) or 'no class'} and starts {', '.join(c for c in classes if c not in kept) or 'none'} afresh")
+
+
 def distillation_loss(logits, x, teachers, cfg: TrainConfig) -> torch.Tensor:
     """T^2 * KL(teacher || student) at temperature T (Hinton et al. 2015); the teacher sees the same
     augmented (and mixed) batch, and an ensemble of teachers gives its mean probabilities."""
@@ -453,6 +494,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels.astype(np.int64))
 
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(classes)}).to(device)
+    if cfg.init and not resume:
+        load_init_weights(model, cfg, classes, log=log if d.main else lambda m: None)
     teachers = load_teachers(cfg, classes, device) if cfg.teacher else []   # after the student: same init as without
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
