@@ -153,6 +153,7 @@ class Reproduction:
         self.results: dict[str, dict] = {}
         self.data_notes: list[str] = []
         self.other_seconds = 0.0   # training time outside self.results (the search trials)
+        self._datasets: dict[str, object] = {}
 
     # -- data ---------------------------------------------------------------------------------
     def path(self, key: str, flag: str) -> str:
@@ -161,9 +162,15 @@ class Reproduction:
             raise FerlabError(f"{self.paper} needs {flag} (the default {DEFAULT_PATHS.get(key, '')} does not exist here)")
         return str(value)
 
-    def split_sizes(self, spec: str) -> dict[str, int]:
+    def dataset(self, spec: str):
+        """The data set with its splits, loaded once per reproduction."""
         from ferlab.train import load_with_splits
-        data = load_with_splits(spec, seed=self.seed)
+        if spec not in self._datasets:
+            self._datasets[spec] = load_with_splits(spec, seed=self.seed)
+        return self._datasets[spec]
+
+    def split_sizes(self, spec: str) -> dict[str, int]:
+        data = self.dataset(spec)
         return {name: int((data.splits == name).sum()) for name in data.split_names()}
 
     # -- runs ---------------------------------------------------------------------------------
@@ -438,11 +445,10 @@ def sarmah2023(r: Reproduction) -> None:
         f" on {100 * b['search_fraction']:.0f}% of Training" if b["search_fraction"] < 1 else "") + "; lr 1e-3 (Keras default, not stated)"
     # A trial no better than always answering the most common class has learned nothing: the search
     # then picks its best by noise, which the report must say (short budgets end there).
-    from ferlab.train import load_with_splits
-    val_labels = load_with_splits(data, seed=r.seed).select("PublicTest").labels
-    counts = np.bincount(val_labels)
-    majority = f"{pct(counts.max() / counts.sum())} of PublicTest is its most common class"
-    untrained = {f for f in best if best[f]["value"] < counts.max() / counts.sum() + 0.02}
+    counts = np.bincount(r.dataset(data).select("PublicTest").labels)
+    majority_rate = counts.max() / counts.sum()
+    majority = f"{pct(majority_rate)} of PublicTest is its most common class"
+    untrained = {f for f in best if best[f]["value"] < majority_rate + 0.02}
     for family, paper in (("5conv", "62%"), ("8conv", "61.9%")):
         bf = best[family]
         r.claim(f"Random search, {family[0]}-conv family: best validation accuracy after 20 epochs", paper,

@@ -315,7 +315,7 @@ def load_init_weights(model: nn.Module, cfg: TrainConfig, classes, log=print) ->
     with torch.no_grad():
         for row, name in enumerate(classes):
             i = source_row.get(canonical_name(name))
-            if i is not None and head["weight"].shape[1] == layer.weight.shape[1]:
+            if i is not None:
                 layer.weight[row] = head["weight"][i]
                 if layer.bias is not None and "bias" in head:
                     layer.bias[row] = head["bias"][i]
