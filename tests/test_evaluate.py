@@ -6,7 +6,7 @@ import torch
 
 from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
-from ferlab.evaluate import evaluate_models, predict_probs
+from ferlab.evaluate import evaluate_models, predict_probs, recalibrate_batchnorm
 from ferlab.tta import TTA_MODES, tta_probs, tta_views
 from synthetic import synthetic_faces
 
@@ -54,3 +54,23 @@ def test_unknown_tta_is_refused(fernet_weights):
     model, _ = load_model(str(fernet_weights))
     with pytest.raises(FerlabError, match="unknown tta 'rotate'"):
         predict_probs(model, synthetic_faces(2)[0], tta="rotate")
+
+
+def test_recalibrated_batchnorm_holds_the_statistics_eval_mode_sees():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 3)
+    model = torch.nn.Sequential(conv, torch.nn.Dropout(0.5), torch.nn.BatchNorm2d(4, momentum=0.01), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 46 * 46, 7))
+    model.train()
+    model(torch.rand(8, 1, 48, 48))   # training-mode statistics, under dropout
+    faces = synthetic_faces(128, seed=3)[0]
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert recalibrate_batchnorm(model, faces, batch_size=64) == 1
+    with torch.no_grad():   # the BN input with dropout off, per batch of 64: mean of batch means and unbiased variances
+        batches = [conv(torch.from_numpy(faces[i:i + 64]).float().div(255).unsqueeze(1)) for i in (0, 64)]
+    bn = model[2]
+    torch.testing.assert_close(bn.running_mean, sum(b.mean((0, 2, 3)) for b in batches) / 2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, sum(b.var((0, 2, 3)) for b in batches) / 2, rtol=1e-4, atol=1e-5)
+    assert bn.momentum == 0.01 and not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())   # learned weights untouched
+    assert recalibrate_batchnorm(torch.nn.Linear(3, 2), faces) == 0

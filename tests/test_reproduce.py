@@ -74,6 +74,12 @@ def test_smoke_report_of_each_paper(paper, data, tmp_path, one_thread, capsys):
         assert (out / fig).stat().st_size > 1000, fig
     assert "| # | claim | paper | ours | protocol difference |" in report
     assert payload["reductions"], "the smoke budget must say what it reduced"
+    checked = [name for name, res in payload["runs"].items() if res["bn_check"]]   # runs of models with BatchNorm
+    if paper == "li2023":
+        assert not checked and "BatchNorm statistics recomputed" not in report
+    else:
+        section = report.split("## BatchNorm statistics recomputed")[1]
+        assert checked and all(f"| {name} | " in section for name in checked)
 
 
 def test_rerun_skips_finished_runs_and_resumes_unfinished_ones(data, tmp_path, one_thread, capsys):

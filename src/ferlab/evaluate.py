@@ -8,6 +8,10 @@ averages each face with its mirror image; `--tta tencrop` averages ten 44x44 cro
 centre, and their mirrors) resized back to 48x48. TTA and ensembling are those of
 `ferlab.predict.Recognizer` (both use ferlab.tta): `Recognizer([MODEL, ...], tta=...)` gives the
 same faces the same fp32 probabilities as the ones measured here.
+
+`--recalibrate-bn SPLITS` first recomputes every BatchNorm layer's statistics on those splits, in
+the state the model is scored in (see `recalibrate_batchnorm`): a diagnosis for short runs of the
+papers' Keras-style models, whose stored statistics can make them predict a single class.
 """
 
 import json
@@ -43,14 +47,74 @@ def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, images_u8: np.ndarray, *, batch_size: int = 64, device="cpu") -> int:
+    """Replace every BatchNorm layer's running mean and variance by their average over `images_u8`
+    (uint8 faces, no augmentation), computed with dropout off; returns the number of BN layers.
+
+    Why: a BN layer gathers its running statistics in training mode. Behind a dropout layer, those
+    statistics include dropout's rescaled, higher-variance activations, which eval mode never sees
+    (the "variance shift" of Li et al., CVPR 2019). Keras' BN momentum of 0.99 also lets the statistics
+    lag behind fast-changing early weights. In short runs of the papers' models both can make an eval-mode
+    model that fits its training faces in train mode predict one class. Recomputing the statistics in
+    the state the model is scored in removes both effects without changing any learned weight."""
+    from ferlab.train import to_input
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    device = torch.device(device)
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None   # a cumulative average over the batches, not an exponential one
+        m.train()
+    images = torch.from_numpy(np.ascontiguousarray(images_u8))
+    for start in range(0, len(images), batch_size):
+        model(to_input(images[start:start + batch_size], device, channels_last=True))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+    return len(norms)
+
+
+def batchnorm_check(run: Path, cfg, *, max_images: int = 4096, seed: int = 0, device="cpu") -> dict | None:
+    """A run's last-epoch weights (last.pt) scored on its test split (else validation) as trained, and
+    again after recalibrate_batchnorm on up to max_images of its training faces; None without BN layers."""
+    from ferlab.checkpoint import load_state
+    from ferlab.models import create_model
+    from ferlab.train import load_run_data
+
+    data, train, val, test = load_run_data(cfg)
+    model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(data.classes)})
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return None
+    state = load_state(Path(run) / "last.pt")
+    model.load_state_dict(state["model"])
+    subset = test if test is not None else val
+    pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_images])
+
+    def accuracy() -> float:
+        return float((predict_probs(model, subset.images, device=device).argmax(1) == subset.labels).mean())
+
+    as_trained = accuracy()
+    recalibrate_batchnorm(model, train.images[pick], device=device)
+    return {"epoch": int(state["epoch"]), "split": ",".join(subset.split_names()), "as_trained": as_trained,
+            "recalibrated": accuracy(), "images": int(len(pick))}
+
+
 def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", device="cpu",
-                    amp: str = "fp32") -> tuple[np.ndarray, list[dict]]:
+                    amp: str = "fp32", bn_images: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
     """Average probabilities of one or more models (an ensemble); returns (probs, model cards).
-    Members must name the same classes (FerlabError naming the first one that does not)."""
+    Members must name the same classes (FerlabError naming the first one that does not).
+    bn_images: faces to recompute each model's BatchNorm statistics on first (see recalibrate_batchnorm)."""
     probs, cards = None, []
     for spec in specs:
         model, card = load_model(spec, device)
         check_same_classes([specs[0], spec], [cards[0] if cards else card, card])
+        if bn_images is not None:
+            recalibrate_batchnorm(model, bn_images, device=device)
         p = predict_probs(model, images, tta=tta, device=device, amp=amp)
         if probs is not None and p.shape != probs.shape:
             raise FerlabError(f"{spec}: an ensemble needs the same classes, but it gives {p.shape[1]} class scores "
@@ -66,6 +130,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ferplus", help="FER+ votes file: evaluate against FER+ majority labels")
     p.add_argument("--split", default="PrivateTest", help="split(s) to evaluate, comma-separated (default PrivateTest)")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.tta)")
+    p.add_argument("--recalibrate-bn", metavar="SPLITS", default="",
+                   help="recompute BatchNorm statistics on these splits of --data first, dropout off (a diagnosis for "
+                        "short runs of the papers' models; see ferlab.evaluate.recalibrate_batchnorm)")
     p.add_argument("--out", type=Path, help="report directory (default: <run dir>/eval-<split>-<tta>, or ./eval-<split>-<tta>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",
@@ -80,19 +147,24 @@ def run(args) -> int:
     device = resolve_device(args.device)
     data = load_with_splits(args.data, args.ferplus, args.seed)
     subset = data.select(args.split)
+    bn_images = data.select(args.recalibrate_bn).images if args.recalibrate_bn else None
     t0 = time.time()
-    probs, cards = evaluate_models(args.model, subset.images, tta=args.tta, device=device, amp=args.amp)
+    probs, cards = evaluate_models(args.model, subset.images, tta=args.tta, device=device, amp=args.amp, bn_images=bn_images)
     seconds = time.time() - t0
     model_classes = cards[0].get("classes") or list(data.classes)
     if list(model_classes) != list(data.classes):
         raise FerlabError(f"{args.model[0]}: model classes {model_classes} differ from the data's {list(data.classes)}")
     report = classification_report(subset.labels, probs.argmax(1), data.classes)
     report.update(model=" + ".join(args.model), data=args.data, split=args.split, tta=args.tta, amp=args.amp,
+                  recalibrate_bn=args.recalibrate_bn or None,
                   seconds=round(seconds, 2), faces_per_s=round(len(subset) / max(seconds, 1e-9), 1))
     first = Path(args.model[0])
-    out = args.out or ((first if first.is_dir() else Path(".")) / f"eval-{args.split.replace(',', '+')}-{args.tta}")
+    name = f"eval-{args.split.replace(',', '+')}-{args.tta}" + ("-bn" if args.recalibrate_bn else "")
+    out = args.out or ((first if first.is_dir() else Path(".")) / name)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{report['model']} on {Path(args.data).name} {args.split} (TTA: {args.tta})"
+    if args.recalibrate_bn:
+        title += f", BatchNorm statistics recomputed on {args.recalibrate_bn}"
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     atomic_write_text(out / "report.md", report_markdown(report, title))
     plot_confusion(report["confusion_matrix"], data.classes, out / "confusion.png", title=title)
