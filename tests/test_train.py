@@ -20,10 +20,11 @@ import torch
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_model, load_state, load_weights, save_weights
 from ferlab.errors import FerlabError
-from ferlab.evaluate import batchnorm_check
+from ferlab.evaluate import batchnorm_check, predict_probs
 from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
-from ferlab.train import TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, train_command
+from ferlab.train import (TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, load_with_splits,
+                          train_command)
 from synthetic import write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
@@ -94,7 +95,7 @@ PAPER_MODELS_LEARNABLE = {
 @pytest.mark.parametrize("name", sorted(PAPER_MODELS_LEARNABLE))
 def test_paper_model_learns_separable_problem(name, toy_csv, tmp_path):
     cfg = TrainConfig(model=name, model_kwargs=PAPER_MODELS_LEARNABLE[name], data=str(toy_csv), epochs=8, batch_size=32,
-                      optimizer="adam", lr=1e-3, seed=0)
+                      optimizer="adam", lr=1e-3, seed=0, amp="fp32")   # fp32: scored as batchnorm_check scores
     history = fit(cfg, tmp_path / "run", log=lambda *a: None)
     assert history[-1]["train_acc"] > 0.8
     check = batchnorm_check(tmp_path / "run", cfg)
@@ -103,6 +104,18 @@ def test_paper_model_learns_separable_problem(name, toy_csv, tmp_path):
     else:   # Keras-style BN after dropout: eval mode needs statistics recomputed without dropout
         assert check["as_trained"] == pytest.approx(history[-1]["test_acc"])
         assert check["recalibrated"] > 0.9 and check["split"] == "PrivateTest"
+
+
+def test_recalibrated_batchnorm_during_training_selects_and_saves_what_eval_mode_scores(toy_csv, tmp_path):
+    name = "sarmah2023_5conv"
+    cfg = TrainConfig(model=name, model_kwargs=PAPER_MODELS_LEARNABLE[name], data=str(toy_csv), epochs=8, batch_size=32,
+                      optimizer="adam", lr=1e-3, seed=0, recalibrate_bn=256, amp="fp32")
+    history = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    assert history[-1]["val_acc"] > 0.9   # without recalibration this run's eval mode predicts one class
+    model, _ = load_model(str(tmp_path / "run"))
+    data = load_with_splits(str(toy_csv)).select("PublicTest")
+    best = max(h["val_acc"] for h in history)
+    assert (predict_probs(model, data.images).argmax(1) == data.labels).mean() == pytest.approx(best)
 
 
 def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):

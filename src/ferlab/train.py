@@ -68,6 +68,8 @@ class TrainConfig:
     mixup: float = 0.0                  # Beta(a, a) alpha of mixup; 0: off
     cutmix: float = 0.0                 # Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)
     ema: float = 0.0                    # decay of an exponential moving average of weights; 0: off
+    recalibrate_bn: int = 0             # before each evaluation, recompute BatchNorm statistics on this many
+                                        # training faces with dropout off (ferlab.evaluate.recalibrate_batchnorm); 0: off
     init: str = ""                      # fine-tuning: start from a trained model (run dir, weights, bundled name)
     teacher: str = ""                   # knowledge distillation: comma-separated models (run dirs, weights, bundled
                                         # names) whose mean probabilities the student also learns; "": off
@@ -88,6 +90,8 @@ class TrainConfig:
                 raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.train_fraction <= 1:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
+        if self.recalibrate_bn < 0:
+            raise FerlabError("--recalibrate-bn is a number of training faces: >= 0 (0: off)")
         if self.mixup < 0 or self.cutmix < 0:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
         if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0 and self.teacher_tta in ("none", "flip")):
@@ -546,6 +550,10 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
                                    desc=f"epoch {epoch}/{cfg.epochs}"))
         if ema is not None and d.world > 1:
             pass  # every rank holds identical weights after the DDP step, so its EMA is identical too
+        if cfg.recalibrate_bn:   # the same faces every epoch (and on every rank)
+            from ferlab.evaluate import recalibrate_batchnorm
+            pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.recalibrate_bn])
+            recalibrate_batchnorm(eval_model, train.images[pick], device=device)
         v = evaluate(eval_model, val_images, val_labels, device=device, cfg=cfg, class_weights=weights, dist=d)
         row.update(val_loss=v["loss"], val_acc=v["acc"])
         if test is not None:
