@@ -92,6 +92,10 @@ def test_int8_file_is_written_and_runs(capsys, fernet_weights, exported, tmp_pat
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
     card = json.loads(out.with_suffix(".json").read_text())
     assert 0 <= card["int8_vs_fp32"]["top1_agreement"] <= 1
+    import onnx
+    from onnx import numpy_helper
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights)   # 7-bit: no saturation without VNNI
 
 
 def test_bad_model_is_a_one_line_error(capsys, tmp_path):

@@ -238,7 +238,12 @@ def dataset_faces(spec: str, n: int = 256, seed: int = 0) -> np.ndarray:
 
 def quantize_int8(fp32: bytes, calibration: np.ndarray) -> bytes:
     """Static int8 quantisation (QDQ, per-channel weights) of an fp32 ONNX model, with activation
-    ranges calibrated on `calibration` faces ((N, 48, 48) float32 in [0, 1])."""
+    ranges calibrated on `calibration` faces ((N, 48, 48) float32 in [0, 1]).
+
+    Weights use 7 of their 8 bits (reduce_range): on x86 CPUs without VNNI (AVX2, early AVX-512),
+    onnxruntime's uint8 x int8 kernels add pairs of products in saturating 16-bit registers, which
+    full-range weights overflow. Measured on an AVX2 EPYC: the default model scores 65.13% PrivateTest
+    with 8-bit weights (83% top-1 agreement with fp32) and 70.78% with 7-bit ones, as in fp32."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -257,7 +262,7 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray) -> bytes:
         Path(src).write_bytes(fp32)
         quant_pre_process(src, pre, skip_symbolic_shape=True)
         quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
         return Path(dst).read_bytes()
 
 
