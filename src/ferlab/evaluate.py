@@ -47,6 +47,10 @@ def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
+def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, images_u8: np.ndarray, *, batch_size: int = 64, device="cpu") -> int:
     """Replace every BatchNorm layer's running mean and variance by their average over `images_u8`
@@ -60,7 +64,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, images_u8: np.ndarray, *, batc
     the state the model is scored in removes both effects without changing any learned weight."""
     from ferlab.train import to_input
 
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(model)
     if not norms:
         return 0
     device = torch.device(device)
@@ -88,7 +92,7 @@ def batchnorm_check(run: Path, cfg, *, max_images: int = 4096, seed: int = 0, de
 
     data, train, val, test = load_run_data(cfg)
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(data.classes)})
-    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if not batchnorm_layers(model):
         return None
     state = load_state(Path(run) / "last.pt")
     model.load_state_dict(state["model"])

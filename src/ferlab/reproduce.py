@@ -278,7 +278,6 @@ class Reproduction:
         atomic_write_text(self.out / "report.json", json.dumps(payload, indent=1))
         return self.out / "report.md"
 
-
     def bn_section(self) -> list[str]:
         checked = [(name, res) for name, res in self.results.items() if res.get("bn_check")]
         if not checked:

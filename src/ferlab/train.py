@@ -539,6 +539,10 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         log(f"training {cfg.model} on {len(images)} faces ({train.split_names()}), validating on {len(val_images)} "
             f"({val.split_names()}); {steps_per_epoch} steps/epoch on {device}, {d.world} process(es), "
             f"autocast {autocast_dtype(cfg.amp, device)}; {machine}")
+    bn_faces = None
+    if cfg.recalibrate_bn:   # the same faces every epoch (and on every rank)
+        from ferlab.evaluate import recalibrate_batchnorm
+        bn_faces = train.images[np.sort(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.recalibrate_bn])]
     stopped = bool(history) and history[-1].get("stopped", False)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         if stopped:
@@ -550,10 +554,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
                                    desc=f"epoch {epoch}/{cfg.epochs}"))
         if ema is not None and d.world > 1:
             pass  # every rank holds identical weights after the DDP step, so its EMA is identical too
-        if cfg.recalibrate_bn:   # the same faces every epoch (and on every rank)
-            from ferlab.evaluate import recalibrate_batchnorm
-            pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.recalibrate_bn])
-            recalibrate_batchnorm(eval_model, train.images[pick], device=device)
+        if bn_faces is not None:
+            recalibrate_batchnorm(eval_model, bn_faces, device=device)
         v = evaluate(eval_model, val_images, val_labels, device=device, cfg=cfg, class_weights=weights, dist=d)
         row.update(val_loss=v["loss"], val_acc=v["acc"])
         if test is not None:
