@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ferlab.export import astronaut_faces, create_session, dataset_faces, quantize_int8, to_onnx  # noqa: E402
+from ferlab.export import astronaut_faces, export_model  # noqa: E402
 from ferlab.predict import Recognizer  # noqa: E402
 from ferlab.train import native_bf16  # noqa: E402
 from inference_speed import model_spec  # noqa: E402  (same folder: the scripts run from benchmarks/)
@@ -70,10 +70,9 @@ def main():
         if native_bf16(torch.device("cpu")):   # emulated bf16 is several times slower than fp32: no row for it
             recs["torch bf16"] = Recognizer(spec, detector="none", batch_size=256, backend="torch", precision="bf16")
         recs["onnxruntime fp32"] = Recognizer(spec, detector="none", batch_size=256, backend="onnx")
-        recs["onnxruntime int8"] = Recognizer(spec, detector="none", batch_size=256, backend="onnx")
-    int8 = recs["onnxruntime int8"]
-    calibration = dataset_faces(args.data) if args.data else astronaut_faces()
-    int8.onnx.session = create_session(quantize_int8(to_onnx(int8.model), calibration), args.threads)
+        int8 = Path(tmp) / "int8.onnx"
+        export_model(spec, int8, quantize="int8", data=args.data, log=lambda *_: None)
+        recs["onnxruntime int8"] = Recognizer(str(int8), detector="none", batch_size=256)
 
     split, test = test_split(args.data) if args.data else (None, None)
     faces = astronaut_faces(256, seed=1)

@@ -3,7 +3,8 @@
     python benchmarks/inference_speed.py [--model default|RUN_DIR|FILE] [--threads N] [--seconds S]
 
 1. classifier: faces/s at batch 1 and 256 through Recognizer.probabilities (NumPy in,
-   probabilities out): torch fp32 / bf16 autocast, with and without channels_last, and onnxruntime fp32;
+   probabilities out): torch fp32 / bf16 autocast, with and without channels_last, onnxruntime fp32,
+   and the bundled int8 export (`default-int8`) when the model is the default;
 2. pipeline: latency per photo of Recognizer.predict (detect, crop, classify) on the
    astronaut letterboxed to 640x480 and 1920x1080, fp32 and bf16;
 3. video: frames/s of `ferlab video`'s loop over a synthetic 640x480 clip (one moving face),
@@ -105,9 +106,12 @@ def main():
             rng = np.random.default_rng(0)
             # (backend, precision, channels_last): the torch variants, then onnxruntime (fp32, its own layout)
             variants = [("torch", p, cl) for p in precisions for cl in (False, True)] + [("onnx", "fp32", False)]
+            if spec == "default" and (WEIGHTS_DIR / "default-int8.onnx").is_file():
+                variants.append(("onnx", "int8", False))
             for backend, precision, channels_last in variants:
-                rec = Recognizer(spec, detector="none", precision=precision, channels_last=channels_last, batch_size=256,
-                                 backend=backend)
+                rec = Recognizer("default-int8" if precision == "int8" else spec, detector="none",
+                                 precision="fp32" if precision == "int8" else precision, channels_last=channels_last,
+                                 batch_size=256, backend=backend)
                 for batch in (1, 256):
                     x = rng.random((batch, 48, 48), dtype=np.float32)
                     sec, runs = timed(lambda: rec.probabilities(x), args.seconds)

@@ -9,7 +9,8 @@ PrivateTest accuracy and macro-F1 (fp32; no TTA, flip and ten-crop TTA) measured
 minutes of training to first reach each PrivateTest accuracy when the run logged it (`ferlab train
 --test-splits PrivateTest`, as benchmarks/time_to_accuracy.py runs it), the PrivateTest accuracy
 of its ONNX exports (fp32, and int8 as `ferlab export --quantize int8 --data` writes it) with the
-opset, preprocessing, classes. A run that started from (`--init`) or distilled from (`--teacher`)
+opset, preprocessing, classes. The int8 export itself ships too, as <name>-int8.onnx (+ its
+card <name>-int8.json): `Recognizer("default-int8")`. A run that started from (`--init`) or distilled from (`--teacher`)
 other models records their cards' training too, read before anything is overwritten: the
 total training cost includes theirs.
 """
@@ -26,7 +27,7 @@ import torch
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import WEIGHTS_DIR, load_model, save_weights
 from ferlab.evaluate import predict_probs
-from ferlab.export import DEFAULT_OPSET, create_session, dataset_faces, onnx_probabilities, quantize_int8, to_onnx
+from ferlab.export import DEFAULT_OPSET, create_session, dataset_faces, export_model, onnx_probabilities, quantize_int8, to_onnx
 from ferlab.metrics import classification_report, first_reached
 from ferlab.models import count_parameters
 from ferlab.train import load_with_splits, train_command
@@ -106,8 +107,10 @@ def main() -> None:
     WEIGHTS_DIR.mkdir(exist_ok=True)
     save_weights(WEIGHTS_DIR / f"{a.name}.safetensors", model, meta, float_dtype=torch.float16)
     atomic_write_text(WEIGHTS_DIR / f"{a.name}.json", json.dumps(card, indent=2) + "\n")
-    print(json.dumps(metrics, indent=2))
     print(f"wrote {WEIGHTS_DIR / a.name}.safetensors and .json")
+    # the same calibration faces as onnx_accuracy's, so the card's int8 accuracy is this file's
+    export_model(a.name, WEIGHTS_DIR / f"{a.name}-int8.onnx", quantize="int8", data=a.data)
+    print(json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

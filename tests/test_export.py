@@ -134,7 +134,7 @@ def test_onnx_backend_matches_torch(fernet_weights):
     x = np.random.default_rng(0).random((9, 48, 48), dtype=np.float32)
     ref = Recognizer(fernet_weights, detector="none").probabilities(x)
     rec = Recognizer(fernet_weights, detector="none", backend="onnx", batch_size=4)
-    assert rec.backend == "onnx" and rec.onnx is not None
+    assert rec.backend == "onnx" and isinstance(rec.runners[0], export.OnnxModel)
     np.testing.assert_allclose(rec.probabilities(x), ref, atol=1e-5)
     flip_ref = Recognizer(fernet_weights, detector="none", tta="flip").probabilities(x)
     flip = Recognizer(fernet_weights, detector="none", tta="flip", backend="onnx").probabilities(x)
@@ -169,3 +169,74 @@ def test_auto_falls_back_to_torch_when_export_fails(fernet_weights, monkeypatch)
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "torch"
     with pytest.raises(FerlabError, match="export failed"):
         Recognizer(fernet_weights, detector="none", backend="onnx")
+
+
+# ---- exported files as models: load_model, Recognizer, evaluate ---------------------------------
+
+def test_exported_file_is_a_model_with_its_card(exported, fernet_weights, tmp_path, monkeypatch):
+    from ferlab.evaluate import evaluate_models
+
+    model, card = load_model(str(exported[0]))
+    _, source_card = load_model(str(fernet_weights))
+    assert isinstance(model, export.OnnxModel) and not list(model.parameters())
+    assert card["model"] == source_card["model"] == "fernet_s" and card["classes"] == list(FER2013_CLASSES)
+    assert card["quantization"] == "none" and card["weights_path"] == str(exported[0])
+    x = np.random.default_rng(0).random((6, 48, 48), dtype=np.float32)
+    ref = Recognizer(fernet_weights, detector="none", backend="torch", tta="flip").probabilities(x)
+    for backend in ("torch", "onnx"):  # an .onnx member runs in onnxruntime whatever the backend
+        rec = Recognizer(str(exported[0]), detector="none", backend=backend, tta="flip", batch_size=4)
+        assert rec.runners[0] is rec.model
+        np.testing.assert_allclose(rec.probabilities(x), ref, atol=1e-5)
+    ensemble = Recognizer([str(exported[0]), fernet_weights], detector="none", backend="torch").probabilities(x)
+    np.testing.assert_allclose(ensemble, Recognizer(fernet_weights, detector="none").probabilities(x), atol=1e-5)
+    faces = (x * 255).astype(np.uint8)
+    got, cards = evaluate_models([str(exported[0])], faces, tta="tencrop")
+    want, _ = evaluate_models([str(fernet_weights)], faces, tta="tencrop")
+    assert cards[0]["model"] == "fernet_s"
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    bundled = tmp_path / "weights"  # a bundled .onnx answers to its name, as default-int8 does
+    bundled.mkdir()
+    (bundled / "mini-int8.onnx").write_bytes(exported[0].read_bytes())
+    monkeypatch.setattr("ferlab.checkpoint.WEIGHTS_DIR", bundled)
+    assert isinstance(load_model("mini-int8")[0], export.OnnxModel)
+
+
+def test_bad_onnx_models_are_one_line_errors(capsys, exported, tmp_path):
+    import onnx
+
+    from ferlab.models import create_model
+    from ferlab.train import TrainConfig, load_init_weights
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not an onnx graph" * 10)
+    with pytest.raises(FerlabError, match="junk.onnx: not a readable ONNX file"):
+        load_model(str(junk))
+    with pytest.raises(FerlabError, match="missing.onnx: no such ONNX file"):
+        load_model(str(tmp_path / "missing.onnx"))
+    proto = onnx.load(str(exported[0]))
+    del proto.metadata_props[:]
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(proto, str(foreign))
+    with pytest.raises(FerlabError, match="foreign.onnx: an ONNX file without ferlab's metadata"):
+        load_model(str(foreign))
+    code, out, err = run_cli(capsys, "export", exported[0], "--onnx", tmp_path / "again.onnx")
+    assert code == 2 and err.count("\n") == 1 and "already an ONNX model" in err and not (tmp_path / "again.onnx").exists()
+    with pytest.raises(FerlabError, match="an ONNX model has no weights to train"):
+        load_init_weights(create_model("fernet_s"), TrainConfig(model="fernet_s", data="x.csv", init=str(exported[0])), FER2013_CLASSES)
+
+
+def test_bundled_int8_default_agrees_with_default(astronaut):
+    """The shipped int8 export: same model and classes as the default, same reading of a real smile."""
+    from ferlab.checkpoint import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "default-int8.onnx").is_file():
+        pytest.fail("src/ferlab/weights/default-int8.onnx is missing (scripts/bundle_default.py writes it)")
+    model, card = load_model("default-int8")
+    _, default_card = load_model("default")
+    assert card["model"] == default_card["model"] and card["classes"] == default_card["classes"]
+    assert card["quantization"].startswith("int8")
+    faces = export.astronaut_faces(32)
+    fp32 = Recognizer("default", detector="none", backend="torch").probabilities(faces)
+    int8 = Recognizer("default-int8", detector="none").probabilities(faces)
+    assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9 and np.abs(fp32 - int8).max() < 0.15
+    assert FER2013_CLASSES[int(int8[0].argmax())] == "happy"   # the plain crop of the astronaut's smile

@@ -168,7 +168,7 @@ def test_ensemble_is_the_mean_of_its_members(fernet_weights, other_weights, back
     ens = Recognizer([fernet_weights, other_weights], **kw)
     assert ens.backend == backend and len(ens.models) == len(ens.cards) == 2 and ens.model is ens.models[0]
     if backend == "onnx":
-        assert ens.sessions[0] is not ens.sessions[1] and ens.onnx is ens.sessions[0]
+        assert ens.runners[0] is not ens.runners[1] and ens.runners[0] is not ens.models[0]
     np.testing.assert_allclose(ens.probabilities(x), (a + b) / 2, atol=1e-5)
     module, _ = load_model(str(other_weights))  # a member may be an nn.Module too
     np.testing.assert_allclose(Recognizer((fernet_weights, module), **kw).probabilities(x), (a + b) / 2, atol=1e-5)

@@ -5,6 +5,9 @@ Weights are safetensors files whose metadata names the architecture (`model`, `m
 scheduler, RNG, callbacks) goes to a torch file read back with `weights_only=True`. Every write
 goes to a temporary file in the same directory and is renamed into place, so a killed process
 leaves either the old file or the new one, never half of one.
+
+`load_model` also takes the .onnx files `ferlab export` writes (fp32 or int8), run by onnxruntime
+(ferlab.export.OnnxModel): a bundled `default-int8` is the default model's int8 export.
 """
 
 import json
@@ -48,19 +51,20 @@ def load_weights(path) -> tuple[dict, dict]:
 
 
 def resolve_weights(spec: str) -> Path:
-    """A bundled model name ('default'), a run directory (its best weights) or a weights file."""
+    """A bundled model name ('default', 'default-int8'), a run directory (its best weights), a
+    weights file or an exported .onnx file."""
     path = Path(spec)
     if path.is_dir():
         for name in ("best.safetensors", "last.safetensors"):
             if (path / name).is_file():
                 return path / name
         raise FerlabError(f"{path}: no best.safetensors or last.safetensors in this run directory")
-    if path.suffix == ".safetensors" or path.exists():
+    if path.suffix in (".safetensors", ".onnx") or path.exists():
         return path
-    bundled = WEIGHTS_DIR / f"{spec}.safetensors"
-    if bundled.is_file():
-        return bundled
-    known = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+    for bundled in (WEIGHTS_DIR / f"{spec}.safetensors", WEIGHTS_DIR / f"{spec}.onnx"):
+        if bundled.is_file():
+            return bundled
+    known = sorted(p.stem for p in [*WEIGHTS_DIR.glob("*.safetensors"), *WEIGHTS_DIR.glob("*.onnx")])
     raise FerlabError(f"{spec}: not a weights file, run directory or bundled model (bundled: {', '.join(known) or 'none'})")
 
 
@@ -69,6 +73,13 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
     from ferlab.models import create_model
 
     path = resolve_weights(spec)
+    if path.suffix == ".onnx":
+        from ferlab.export import load_onnx
+
+        if not path.is_file():
+            raise FerlabError(f"{path}: no such ONNX file")
+        model, meta = load_onnx(path)
+        return model.eval(), {**meta, "weights_path": str(path)}
     state, meta = load_weights(path)
     if "model" not in meta:
         raise FerlabError(f"{path}: weights file has no ferlab metadata naming its model")

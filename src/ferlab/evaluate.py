@@ -2,7 +2,8 @@
 matrix on one split, written as report.md / report.json / confusion.png (plus the run's learning
 curves when MODEL is a run directory).
 
-MODEL is a run directory, a weights file or a bundled model name (`default`); several MODELs
+MODEL is a run directory, a weights file, an .onnx file from `ferlab export` or a bundled model name
+(`default`, `default-int8`); several MODELs
 form an ensemble that averages their probabilities (they must share their classes). `--tta flip`
 averages each face with its mirror image; `--tta tencrop` averages ten 44x44 crops (corners,
 centre, and their mirrors) resized back to 48x48. TTA and ensembling are those of
@@ -117,8 +118,8 @@ def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", 
     for spec in specs:
         model, card = load_model(spec, device)
         check_same_classes([specs[0], spec], [cards[0] if cards else card, card])
-        if bn_images is not None:
-            recalibrate_batchnorm(model, bn_images, device=device)
+        if bn_images is not None and not recalibrate_batchnorm(model, bn_images, device=device):
+            raise FerlabError(f"{spec}: --recalibrate-bn needs BatchNorm layers in a PyTorch model; this one has none")
         p = predict_probs(model, images, tta=tta, device=device, amp=amp)
         if probs is not None and p.shape != probs.shape:
             raise FerlabError(f"{spec}: an ensemble needs the same classes, but it gives {p.shape[1]} class scores "
@@ -129,7 +130,7 @@ def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", 
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", nargs="+", help="run directory, weights file or bundled name (several: an ensemble)")
+    p.add_argument("model", nargs="+", help="run directory, weights or .onnx file, or bundled name (several: an ensemble)")
     p.add_argument("--data", required=True, help="data set (as for ferlab train)")
     p.add_argument("--ferplus", help="FER+ votes file: evaluate against FER+ majority labels")
     p.add_argument("--split", default="PrivateTest", help="split(s) to evaluate, comma-separated (default PrivateTest)")

@@ -153,6 +153,38 @@ def create_session(model, threads: int | None = None):
         raise FerlabError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from None
 
 
+class OnnxModel(torch.nn.Module):
+    """An ONNX file written by `ferlab export` (fp32 or int8), run by onnxruntime behind nn.Module's
+    interface, so evaluate, TTA, Recognizer and --teacher use it as they use a PyTorch model.
+    Inference only: it has no parameters to train, fine-tune or export again. Outputs come back
+    on the input's device; onnxruntime itself runs on the CPU."""
+
+    def __init__(self, source, threads: int | None = None):
+        super().__init__()
+        self.session = create_session(source, threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        faces = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: faces})[0]).to(x.device)
+
+
+def load_onnx(path) -> tuple[OnnxModel, dict]:
+    """An exported ONNX file -> (OnnxModel, model card); the card is the one export embedded."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise FerlabError(f"{path}: running ONNX models needs onnx and onnxruntime (pip install 'ferlab[onnx]')") from None
+    try:
+        meta = read_metadata(path)
+    except Exception as e:  # onnx raises DecodeError and others for files that are not ONNX
+        raise FerlabError(f"{path}: not a readable ONNX file ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
+    if "ferlab.model" not in meta:
+        raise FerlabError(f"{path}: an ONNX file without ferlab's metadata (export it with `ferlab export`)")
+    card = {**meta.get("ferlab.card", {}), "model": meta["ferlab.model"], "classes": meta["ferlab.classes"],
+            "quantization": meta.get("ferlab.quantization", "none"), "onnx_opset": meta.get("ferlab.opset")}
+    return OnnxModel(path), card
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -289,6 +321,8 @@ def export_model(spec: str, out, *, opset: int = DEFAULT_OPSET, quantize: str = 
     except OSError as e:
         raise FerlabError(f"{out}: cannot write ({e.strerror or e})") from None
     model, card = load_model(spec, "cpu")
+    if isinstance(model, OnnxModel):
+        raise FerlabError(f"{spec}: already an ONNX model; export its PyTorch weights (a run directory or .safetensors file)")
     faces = dataset_faces(data) if data else astronaut_faces()
     fp32 = to_onnx(model, opset, onnx_card(card, opset))
     parity = compare(model, create_session(fp32), faces)

@@ -4,6 +4,7 @@
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
+    Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
     Recognizer(["default", "run2/"], tta="flip")   # ensemble of two models, each face and its mirror
     for path, faces in rec.predict_many(["folder/"]): ...   # faces is a list or a FerlabError
 
@@ -61,7 +62,8 @@ BACKENDS = ("torch", "onnx", "auto")
 class Recognizer:
     """Faces -> expression probabilities with one model (or an ensemble) and one face detector.
 
-    model: "default" (bundled), a run directory, a .safetensors file, or an nn.Module (then pass
+    model: "default" (bundled), "default-int8" (its bundled int8 ONNX export), a run directory, a
+    .safetensors file, an .onnx file written by `ferlab export`, or an nn.Module (then pass
     classes); or a list of these: an ensemble whose probabilities are the mean of its members'
     (each with the same tta). Members must name the same classes, else a FerlabError names the
     first that does not. rec.models and rec.cards list the members; rec.model and rec.card are
@@ -79,7 +81,12 @@ class Recognizer:
     Recognizer is created, ~0.3 s per model, and run by onnxruntime, one session per ensemble
     member: fp32 only, CPU only; probabilities within ~1e-6 of torch's) or "auto", the default
     (onnx when onnxruntime is importable, the device is the CPU, precision is fp32 and every
-    model exports, else torch). See OnnxClassifier for why.
+    model exports, else torch). Why: onnxruntime ran fernet_s ~3x faster than PyTorch fp32 eager
+    at one face per call (a photo, a webcam frame: 364 vs 115 faces/s on one thread) and ~2.5x at
+    batch 256 (425 vs 172), with the same probabilities to ~1e-6 (benchmarks/backends.py). The
+    export happens once per Recognizer, in memory: no cache file to invalidate or race on; sessions
+    use torch's thread count and are safe to call from several threads. Members loaded from .onnx
+    files run in onnxruntime whatever the backend.
     """
 
     def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "none",
@@ -118,18 +125,20 @@ class Recognizer:
         if precision == "bf16" and not native_bf16(self.device):
             raise FerlabError(f"precision 'bf16' needs native bf16 (AVX-512 BF16 or AMX CPUs, recent GPUs); this {self.device.type} "
                               "would emulate it, several times slower than fp32: use precision 'fp32'")
-        self.sessions = [None] * len(self.models)  # an OnnxClassifier per member with the onnx backend
+        self.runners = list(self.models)  # what computes each member's logits: the model, or its ONNX export
         if self.backend == "onnx":
+            from ferlab.export import OnnxModel, to_onnx
+
             try:
-                self.sessions = [OnnxClassifier(m) for m in self.models]
+                self.runners = [m if isinstance(m, OnnxModel) else OnnxModel(to_onnx(m.cpu().eval())) for m in self.models]
             except FerlabError:  # a model the exporter cannot handle: "auto" falls back to torch
                 if backend == "onnx":
                     raise
-                self.backend, self.sessions = "torch", [None] * len(self.models)
-        self.onnx = self.sessions[0]
+                self.backend = "torch"
         self.channels_last = channels_last and self.backend == "torch"
-        if self.channels_last:
-            self.models = [m.to(memory_format=torch.channels_last) for m in self.models]
+        if self.channels_last:  # in place: the runners are these same modules
+            for m in self.models:
+                m.to(memory_format=torch.channels_last)
         self.model, self.card = self.models[0], self.cards[0]
 
     # ---- classification -------------------------------------------------------------------
@@ -150,13 +159,10 @@ class Recognizer:
 
     def _logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Member i's logits for a float batch (N, 1, 48, 48) on the device."""
-        if self.sessions[i] is not None:
-            logits = torch.from_numpy(self.sessions[i](x.numpy()))
-        else:
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                logits = self.models[i](x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.runners[i](x)
         if logits.shape[1] != len(self.classes):
             raise FerlabError(f"{self.names[i]}: the model gives {logits.shape[1]} scores but {len(self.classes)} "
                               f"classes are named ({', '.join(self.classes)})")
@@ -216,26 +222,6 @@ class Recognizer:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class OnnxClassifier:
-    """The classifier exported to ONNX (in memory, ferlab.export.to_onnx) and run by onnxruntime.
-
-    Why: onnxruntime ran fernet_s ~3x faster than PyTorch fp32 eager on this machine's CPU at
-    one face per call (a photo, a webcam frame: 364 vs 115 faces/s on one thread) and ~2.5x at
-    batch 256 (425 vs 172), with the same probabilities to ~1e-6 (benchmarks/backends.py). Export
-    happens once per Recognizer, in memory: no cache file to invalidate or race on. Sessions
-    use torch's thread count (so --threads sets both) and are safe to call from several threads.
-    """
-
-    def __init__(self, model: torch.nn.Module, threads: int | None = None):
-        from ferlab.export import create_session, to_onnx
-
-        self.session = create_session(to_onnx(model.cpu().eval()), threads)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """(N, 1, 48, 48) float32 -> (N, C) float32 logits."""
-        return self.session.run(["logits"], {"faces": np.ascontiguousarray(x, np.float32)})[0]
 
 
 def _model_name(spec, i: int) -> str:
@@ -538,7 +524,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by predict, video, webcam and serve."""
     # Repeated rather than nargs="+": several values would swallow the positional paths that follow.
     parser.add_argument("--model", action="append", metavar="MODEL",
-                        help="'default' (bundled; the default), a run directory or a .safetensors file; "
+                        help="'default' (bundled; the default), 'default-int8' (its int8 export), a run directory, "
+                             "a .safetensors file or an .onnx file from `ferlab export`; "
                              "repeat (--model A --model B) for an ensemble that averages their probabilities")
     parser.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "none", "full"],
                         help="face detector: auto = mediapipe if installed, else haar; none/full = image is one face")

@@ -20,7 +20,7 @@ up to `decode_slots` (= CPU count, at least 2) decode uploads at once, bounding 
 detection + classification run under one lock, because MediaPipe's detector object is not
 thread-safe (and on a CPU, classifying one request at a time with all threads costs no
 throughput). The classifier defaults to `--backend auto`: onnxruntime when installed, ~3x
-faster than PyTorch fp32 here (see predict.OnnxClassifier).
+faster than PyTorch fp32 here (see predict.Recognizer's backend).
 """
 
 import argparse

@@ -297,6 +297,8 @@ def load_init_weights(model: nn.Module, cfg: TrainConfig, classes, log=print) ->
     from ferlab.labels import canonical_name
 
     source, card = load_model(cfg.init)
+    if not any(True for _ in source.parameters()):
+        raise FerlabError(f"--init {cfg.init}: an ONNX model has no weights to train; start from its .safetensors or run directory")
     if card["model"] != cfg.model:
         raise FerlabError(f"--init {cfg.init}: it is a {card['model']} model, not the {cfg.model} being trained")
     state = source.state_dict()
