@@ -155,6 +155,15 @@ def test_distillation_learns_from_the_teacher_not_the_labels(toy_csv, tmp_path):
     with pytest.raises(FerlabError, match="its classes"):
         fit(tiny_config(noisy, epochs=1, teacher=str(ckplus_like)), tmp_path / "bad", **quiet)
 
+    # the teacher's ONNX export teaches as well (`--teacher default-int8` runs the teacher in onnxruntime)
+    pytest.importorskip("onnxruntime")
+    from ferlab.export import export_model
+
+    export_model(str(tmp_path / "teacher"), tmp_path / "teacher.onnx", log=lambda *a: None)
+    via_onnx = fit(tiny_config(noisy, epochs=6, teacher=str(tmp_path / "teacher.onnx"), distill_weight=1.0,
+                               distill_temperature=0.25), tmp_path / "student-onnx", **quiet)
+    assert via_onnx[-1]["val_acc"] > 0.9
+
 
 def test_init_fine_tunes_from_a_trained_model(toy_csv, tmp_path):
     from ferlab.models import create_model
