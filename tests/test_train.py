@@ -118,6 +118,18 @@ def test_recalibrated_batchnorm_during_training_selects_and_saves_what_eval_mode
     assert (predict_probs(model, data.images).argmax(1) == data.labels).mean() == pytest.approx(best)
 
 
+def test_train_fraction_keeps_a_seeded_stratified_share():
+    from ferlab.train import fraction_mask
+
+    counts = [40, 4, 30, 80, 50, 20, 60]
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(7), counts))
+    keep = fraction_mask(labels, 0.3, seed=0)
+    assert np.array_equal(keep, fraction_mask(labels, 0.3, seed=0))
+    assert not np.array_equal(keep, fraction_mask(labels, 0.3, seed=1))
+    for c, n in enumerate(counts):
+        assert abs(keep[labels == c].sum() - 0.3 * n) <= 1, c
+
+
 def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):
     history = fit(tiny_config(toy_csv, epochs=8, mixup=0.4, cutmix=1.0), tmp_path / "run", log=lambda *a: None)
     assert history[-1]["val_acc"] > 0.9

@@ -143,13 +143,6 @@ def test_bad_options_fail_in_one_line(toy_csv, tmp_path, capsys):
     assert len(err) == 2 and "unknown parameter" in err[0] and "missing.csv" in err[1]
 
 
-def _has_train_fraction() -> bool:
-    from dataclasses import fields
-    from ferlab.train import TrainConfig
-    return "train_fraction" in {f.name for f in fields(TrainConfig)}
-
-
-@pytest.mark.skipif(not _has_train_fraction(), reason="needs TrainConfig.train_fraction in ferlab.train")
 def test_train_fraction_shrinks_every_trial(toy_csv, tmp_path, one_thread, capsys):
     assert main(tune_args(toy_csv, tmp_path, 1, "--train-fraction", 0.5)) == 0
     faces = int(re.search(r"training sarmah2023_8conv on (\d+) faces", capsys.readouterr().out).group(1))

@@ -383,9 +383,12 @@ def triwijoyo2021(r: Reproduction) -> None:
     if epochs < 20:
         r.reductions.append(f"{epochs} of the paper's 20 epochs for each model")
     if fraction < 1:
-        r.reductions.append(f"trained on a stratified {100 * fraction:.0f}% of Training+PublicTest ({round(n_train * fraction):,} faces): "
+        from ferlab.train import fraction_mask
+
+        ds = r.dataset(data)
+        n_train = int(fraction_mask(ds.labels[np.isin(ds.splits, ["Training", "PublicTest"])], fraction, r.seed).sum())
+        r.reductions.append(f"trained on a stratified {100 * fraction:.0f}% of Training+PublicTest ({n_train:,} faces): "
                             "fewer steps per epoch, and a smaller set is memorised sooner")
-        n_train = round(n_train * fraction)
     bn_run = r.train("bn", r.config("triwijoyo2021", data=data, epochs=epochs, train_fraction=fraction))
     nobn = r.train("nobn", r.config("triwijoyo2021_nobn", data=data, epochs=epochs, train_fraction=fraction))["history"]
     bn = bn_run["history"]

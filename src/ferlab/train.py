@@ -445,10 +445,15 @@ def load_run_data(cfg: TrainConfig):
                           "pass --train-splits and --val-splits")
     train = data.select(train_s)
     if cfg.train_fraction < 1:
-        from ferlab.data.splits import stratified_split
-        keep = stratified_split(train.labels, (cfg.train_fraction, 1 - cfg.train_fraction), cfg.seed, names=("keep", "drop"))
-        train = train.subset(keep == "keep")
+        train = train.subset(fraction_mask(train.labels, cfg.train_fraction, cfg.seed))
     return data, train, data.select(val_s), data.select(test_s) if test_s else None
+
+
+def fraction_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """--train-fraction: which faces a seeded, class-stratified `fraction` of the train split keeps."""
+    from ferlab.data.splits import stratified_split
+
+    return stratified_split(labels, (fraction, 1 - fraction), seed, names=("keep", "drop")) == "keep"
 
 
 # ---------------------------------------------------------------------------------------------
