@@ -221,6 +221,11 @@ def test_bad_onnx_models_are_one_line_errors(capsys, exported, tmp_path):
         load_model(str(foreign))
     code, out, err = run_cli(capsys, "export", exported[0], "--onnx", tmp_path / "again.onnx")
     assert code == 2 and err.count("\n") == 1 and "already an ONNX model" in err and not (tmp_path / "again.onnx").exists()
+    from ferlab.evaluate import evaluate_models
+
+    faces = np.zeros((4, 48, 48), np.uint8)
+    with pytest.raises(FerlabError, match="fernet.onnx: --recalibrate-bn needs BatchNorm layers"):
+        evaluate_models([str(exported[0])], faces, bn_images=faces)
     with pytest.raises(FerlabError, match="an ONNX model has no weights to train"):
         load_init_weights(create_model("fernet_s"), TrainConfig(model="fernet_s", data="x.csv", init=str(exported[0])), FER2013_CLASSES)
 
