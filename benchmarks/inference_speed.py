@@ -104,19 +104,21 @@ def main():
 
         if "classifier" not in args.skip:
             rng = np.random.default_rng(0)
-            # (backend, precision, channels_last): the torch variants, then onnxruntime (fp32, its own layout)
-            variants = [("torch", p, cl) for p in precisions for cl in (False, True)] + [("onnx", "fp32", False)]
+            # (model, backend, precision, channels_last): the torch variants, then onnxruntime (fp32, its own
+            # layout), then the bundled int8 export, which onnxruntime runs whatever the backend
+            variants = [(spec, "torch", p, cl) for p in precisions for cl in (False, True)] + [(spec, "onnx", "fp32", False)]
             if spec == "default" and (WEIGHTS_DIR / "default-int8.onnx").is_file():
-                variants.append(("onnx", "int8", False))
-            for backend, precision, channels_last in variants:
-                rec = Recognizer("default-int8" if precision == "int8" else spec, detector="none",
-                                 precision="fp32" if precision == "int8" else precision, channels_last=channels_last,
-                                 batch_size=256, backend=backend)
+                variants.append(("default-int8", "onnx", "fp32", False))
+            for model, backend, precision, channels_last in variants:
+                rec = Recognizer(model, detector="none", precision=precision, channels_last=channels_last, batch_size=256,
+                                 backend=backend)
+                int8 = str(rec.card.get("quantization", "none")).startswith("int8")
                 for batch in (1, 256):
                     x = rng.random((batch, 48, 48), dtype=np.float32)
                     sec, runs = timed(lambda: rec.probabilities(x), args.seconds)
-                    emit(what="classifier", backend=backend, precision=precision, channels_last=channels_last, batch=batch,
-                         faces_per_s=round(batch / sec, 1), ms_per_batch=round(sec * 1000, 2), runs=runs, **common)
+                    emit(what="classifier", backend=backend, precision="int8" if int8 else precision, channels_last=channels_last, batch=batch,
+                         faces_per_s=round(batch / sec, 1), ms_per_batch=round(sec * 1000, 2), runs=runs,
+                         **{**common, "model": model if model != spec else common["model"]})
 
         if "pipeline" not in args.skip:
             for precision in precisions:

@@ -386,8 +386,7 @@ def triwijoyo2021(r: Reproduction) -> None:
     if fraction < 1:
         from ferlab.train import fraction_mask
 
-        ds = r.dataset(data)
-        n_train = int(fraction_mask(ds.labels[np.isin(ds.splits, ["Training", "PublicTest"])], fraction, r.seed).sum())
+        n_train = int(fraction_mask(r.dataset(data).select("Training,PublicTest").labels, fraction, r.seed).sum())
         r.reductions.append(f"trained on a stratified {100 * fraction:.0f}% of Training+PublicTest ({n_train:,} faces): "
                             "fewer steps per epoch, and a smaller set is memorised sooner")
     bn_run = r.train("bn", r.config("triwijoyo2021", data=data, epochs=epochs, train_fraction=fraction))

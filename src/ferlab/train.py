@@ -294,10 +294,11 @@ def load_init_weights(model: nn.Module, cfg: TrainConfig, classes, log=print) ->
     keeps the rows of the classes both name (CK+'s "sadness" is FER2013's "sad") and starts the
     others afresh."""
     from ferlab.checkpoint import load_model
+    from ferlab.export import OnnxModel
     from ferlab.labels import canonical_name
 
     source, card = load_model(cfg.init)
-    if not any(True for _ in source.parameters()):
+    if isinstance(source, OnnxModel):
         raise FerlabError(f"--init {cfg.init}: an ONNX model has no weights to train; start from its .safetensors or run directory")
     if card["model"] != cfg.model:
         raise FerlabError(f"--init {cfg.init}: it is a {card['model']} model, not the {cfg.model} being trained")
