@@ -1,5 +1,10 @@
 """Shared fixtures. Nothing here needs the bundled default model or /work/shared data."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +12,11 @@ import torch
 from ferlab.checkpoint import save_weights
 from ferlab.labels import FER2013_CLASSES, FERPLUS8_CLASSES
 from ferlab.models import create_model
+
+# The suite never writes to the user's decoded-data cache (~/.cache/ferlab): this process and every
+# process a test starts (environments copied from os.environ) cache into a directory removed at exit.
+os.environ["FERLAB_CACHE"] = tempfile.mkdtemp(prefix="ferlab-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FERLAB_CACHE"], ignore_errors=True)
 
 
 def random_weights(folder, name: str, seed: int, classes=FER2013_CLASSES):

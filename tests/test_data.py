@@ -13,8 +13,8 @@ import pytest
 import ferlab.data.fer2013 as fer2013_module
 import ferlab.data.folders as folders_module
 from ferlab.cli import main as ferlab_main
-from ferlab.data import (FaceDataset, apply_random_split, load_dataset, load_image_folders, stratified_split,
-                         subject_kfold)
+from ferlab.data import (FaceDataset, apply_random_split, apply_subject_fold, load_dataset, load_image_folders,
+                         stratified_split, subject_kfold)
 from ferlab.errors import FerlabError
 from ferlab.labels import CKPLUS_CLASSES, FER2013_CLASSES, FERPLUS8_CLASSES
 
@@ -387,6 +387,31 @@ def test_subject_kfold_keeps_subjects_apart_and_balances():
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, subject_kfold(groups, labels, k=10, seed=0)))
     with pytest.raises(FerlabError, match="number of subjects"):
         subject_kfold(groups[:20], labels[:20], k=10)
+
+
+def test_apply_subject_fold_tests_one_fold_and_validates_the_next():
+    rng = np.random.default_rng(1)
+    groups = np.repeat([f"S{i:03d}" for i in range(12)], rng.integers(2, 9, size=12))
+    labels = rng.integers(0, 7, size=len(groups))
+    ds = FaceDataset(images=np.zeros((len(groups), 48, 48), np.uint8), labels=labels,
+                     splits=np.array(["all"] * len(groups)), source="toy", groups=groups)
+    folds = subject_kfold(groups, labels, k=4, seed=0)
+    tested = []
+    for i in range(4):
+        split = apply_subject_fold(ds, 4, i, seed=0)
+        assert np.array_equal(np.flatnonzero(split.splits == "test"), folds[i][1])
+        assert np.array_equal(np.flatnonzero(split.splits == "val"), folds[(i + 1) % 4][1])
+        parts = [set(groups[split.splits == name]) for name in ("train", "val", "test")]
+        assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+        assert sorted(split.split_names()) == ["test", "train", "val"] and np.array_equal(split.labels, labels)
+        tested.append(np.flatnonzero(split.splits == "test"))
+    assert np.array_equal(np.sort(np.concatenate(tested)), np.arange(len(groups)))   # every face tested once
+    assert ds.split_names() == ["all"]   # a copy: the input keeps its splits
+    with pytest.raises(FerlabError, match="toy: subject folds need subject ids"):
+        apply_subject_fold(FaceDataset(ds.images, ds.labels, ds.splits, source="toy"), 4, 0)
+    for k, fold in ((2, 0), (4, 4), (4, -1)):
+        with pytest.raises(FerlabError, match="--folds >= 3"):
+            apply_subject_fold(ds, k, fold)
 
 
 def test_apply_random_split_needs_one_split():

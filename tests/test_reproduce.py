@@ -4,7 +4,6 @@ skipped and unfinished ones resumed; other settings in the same directory, an un
 missing data are refused in one line."""
 
 import json
-import os
 import re
 
 import cv2
@@ -41,7 +40,6 @@ def image_folders(root, classes, n, subjects=False, seed=1):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    os.environ.setdefault("FERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     root = tmp_path_factory.mktemp("data")
     csv = write_csv(root / "toy.csv", n_train=140, n_val=42, n_test=42)
     mux = image_folders(root / "mux", FER2013_CLASSES, 56)

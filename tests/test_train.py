@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -23,16 +24,15 @@ from ferlab.errors import FerlabError
 from ferlab.evaluate import batchnorm_check, predict_probs
 from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
-from ferlab.train import (TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, load_with_splits,
-                          train_command)
-from synthetic import write_csv
+from ferlab.train import (TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, load_run_data,
+                          load_with_splits, train_command)
+from synthetic import synthetic_faces, write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
 
 
 @pytest.fixture(scope="module")
 def toy_csv(tmp_path_factory):
-    os.environ.setdefault("FERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     return write_csv(tmp_path_factory.mktemp("data") / "toy.csv")
 
 
@@ -391,6 +391,30 @@ def test_evaluate_writes_report(toy_csv, tmp_path):
     assert recalibrated["recalibrate_bn"] == "Training" and recalibrated["num_samples"] == 140
     bad = ferlab("evaluate", run, "--data", toy_csv, "--recalibrate-bn", "Nope", check=False)
     assert bad.returncode != 0 and "no split named Nope" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_subject_folds_train_and_evaluate_on_the_same_split(tmp_path):
+    """--folds K --fold I: fold I tests, fold I+1 validates, no subject on two sides, and evaluate
+    given the same options scores exactly that fold's faces."""
+    images, labels = synthetic_faces(90, seed=3)
+    root = tmp_path / "CK+48"
+    classes = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
+    for j, (image, label) in enumerate(zip(images, labels)):
+        path = root / classes[label] / f"S{j % 9:03d}_001_{j:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), image)
+    spec = f"ckplus:{root}"
+    _, train, val, test = load_run_data(TrainConfig(data=spec, folds=3, fold=1))
+    sides = [set(part.groups) for part in (train, val, test)]
+    assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert len(train) + len(val) + len(test) == 90
+    run = tmp_path / "run"
+    ferlab("train", *TINY, "--data", spec, "--folds", 3, "--fold", 1, "--epochs", 1, "--out", run)
+    assert json.loads((run / "config.json").read_text())["folds"] == 3
+    ferlab("evaluate", run, "--data", spec, "--folds", 3, "--fold", 1, "--split", "test", "--out", tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["num_samples"] == len(test)
+    bad = ferlab("train", *TINY, "--data", spec, "--folds", 2, "--out", tmp_path / "r2", check=False)
+    assert bad.returncode == 2 and "--folds >= 3" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_data_parallel_matches_single_process(toy_csv, tmp_path):

@@ -24,7 +24,6 @@ ENV = {"OMP_NUM_THREADS": "1"}  # the machine is shared: one thread per worker
 
 @pytest.fixture(scope="module")
 def toy_csv(tmp_path_factory):
-    os.environ.setdefault("FERLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
     return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", n_train=140, n_val=42, n_test=42)
 
 

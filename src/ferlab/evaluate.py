@@ -142,7 +142,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="fp32 (default: the numbers Recognizer's fp32 backends reproduce) or bf16 autocast (faster)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random splits (FERGIT, folders); must match training")
+    p.add_argument("--seed", type=int, default=0, help="seed of random splits (FERGIT, folders, folds); must match training")
+    p.add_argument("--folds", type=int, default=0, metavar="K", help="subject-independent K-fold split, as in training (CK+)")
+    p.add_argument("--fold", type=int, default=0, metavar="I", help="which fold tests (with --folds; the next one validates)")
 
 
 def run(args) -> int:
@@ -150,7 +152,7 @@ def run(args) -> int:
     from ferlab.train import load_with_splits, resolve_device
 
     device = resolve_device(args.device)
-    data = load_with_splits(args.data, args.ferplus, args.seed)
+    data = load_with_splits(args.data, args.ferplus, args.seed, args.folds, args.fold)
     subset = data.select(args.split)
     bn_images = data.select(args.recalibrate_bn).images if args.recalibrate_bn else None
     t0 = time.time()

@@ -669,7 +669,7 @@ def pooled_report(reports: list[dict]) -> dict:
 
 
 def bah2022(r: Reproduction) -> None:
-    from ferlab.data.splits import stratified_split, subject_kfold
+    from ferlab.data.splits import stratified_split, subject_fold_splits
     from ferlab.metrics import plot_confusion
 
     fergit = r.path("fergit", "--fergit fergit:FER2013_CSV,IMAGE_DIR")
@@ -746,18 +746,16 @@ def bah2022(r: Reproduction) -> None:
             f"random stratified 90/10 split of the {len(files)} frames as the paper's support of 99 suggests; validation = the test split "
             "(the paper names no other), so checkpoint and LR schedule see the test faces; frames of one subject fall on both sides; "
             f"{n_epochs(b['ckplus_epochs'])}" + bn_settling_note(b["ckplus_epochs"] * math.ceil(0.9 * len(files) / 64)))
-    folds = subject_kfold(subjects, labels, b["folds"], r.seed)
+    k = b["folds"]
     fold_runs = []
-    for i, (_, test_idx) in enumerate(folds):
-        split = np.full(len(files), "train", dtype="<U5")
-        split[test_idx] = "test"
-        split[folds[(i + 1) % len(folds)][1]] = "val"
+    for i in range(k):
+        split = subject_fold_splits(subjects, labels, k, i, r.seed)
         spec_i = split_tree(r.out / "data" / f"ckplus-fold{i}", files, split, ckplus)
         fold_runs.append(r.train(f"ckplus-fold{i}", r.config("bah2022", data=spec_i, epochs=b["fold_epochs"])))
     fold_reports = [run["test"] for run in fold_runs]
     accs = np.array([rep["accuracy"] for rep in fold_reports])
     pooled = pooled_report(fold_reports)
-    r.claim(f"CK+, subject-independent {len(folds)}-fold accuracy (not in the paper; the usual CK+ protocol)", "-",
+    r.claim(f"CK+, subject-independent {k}-fold accuracy (not in the paper; the usual CK+ protocol)", "-",
             f"{pct(accs.mean())} +- {100 * accs.std():.2f} (mean +- std over folds; pooled {pct(pooled['accuracy'])})"
             + recalibrated_note(fold_runs),
             f"fold i tests, fold i+1 validates, the rest trains; no subject in two parts; {n_epochs(b['fold_epochs'])} per fold"
@@ -783,12 +781,12 @@ def bah2022(r: Reproduction) -> None:
     sec += per_class_table(fer["basic"]["test"], BAH_TABLE2, FER2013_CLASSES, "Table 2: basic CNN on the FERGIT test split")
     sec += per_class_table(fer["resnet"]["test"], BAH_TABLE3, FER2013_CLASSES, "Table 3: ResNet-based CNN on the FERGIT test split")
     sec += per_class_table(ck["test"], BAH_TABLE4, CKPLUS_CLASSES, "Table 4: ResNet-based CNN on CK+ (random 10% split)")
-    sec += per_class_table(pooled, None, CKPLUS_CLASSES, f"CK+ subject-independent {len(folds)}-fold, all folds' test predictions pooled (no paper counterpart)")
+    sec += per_class_table(pooled, None, CKPLUS_CLASSES, f"CK+ subject-independent {k}-fold, all folds' test predictions pooled (no paper counterpart)")
     sec += ["Per-fold accuracy: " + ", ".join(pct(a) for a in accs), "", "## Confusion matrices (the paper's Figure 5)", ""]
     for title, rep, classes, fname in (("FERGIT basic", fer["basic"]["test"], FER2013_CLASSES, "confusion-fergit-basic.png"),
                                        ("FERGIT ResNet", fer["resnet"]["test"], FER2013_CLASSES, "confusion-fergit-resnet.png"),
                                        ("CK+ ResNet, random split", ck["test"], CKPLUS_CLASSES, "confusion-ckplus-random.png"),
-                                       (f"CK+ ResNet, {len(folds)}-fold pooled", pooled, CKPLUS_CLASSES, "confusion-ckplus-folds.png")):
+                                       (f"CK+ ResNet, {k}-fold pooled", pooled, CKPLUS_CLASSES, "confusion-ckplus-folds.png")):
         r.figure(fname, lambda p, rep=rep, classes=classes, title=title: plot_confusion(rep["confusion_matrix"], classes, p, title=title))
         sec += [f"**{title}**", "", f"![{title}]({fname})", ""] + confusion_table(rep)
     fig = r.figure("curves.png", lambda p: plot_panels(

@@ -62,6 +62,8 @@ class TrainConfig:
     early_stop_monitor: str = "val_acc"
     early_stop_patience: int = 0        # 0: off
     train_fraction: float = 1.0         # train on a seeded, class-stratified fraction of the train split
+    folds: int = 0                      # k >= 3: subject-independent k-fold (data with subject ids, e.g. CK+);
+    fold: int = 0                       # this fold tests, the next validates, the rest train; 0: off
     class_weights: str = "none"         # none | balanced
     label_smoothing: float = 0.0
     augment: str = "none"               # a preset in ferlab.augment.AUGMENT_PRESETS
@@ -90,6 +92,9 @@ class TrainConfig:
                 raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.train_fraction <= 1:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
+        if self.folds or self.fold:
+            from ferlab.data.splits import check_fold
+            check_fold(self.folds, self.fold)
         if self.recalibrate_bn < 0:
             raise FerlabError("--recalibrate-bn is a number of training faces: >= 0 (0: off)")
         if self.mixup < 0 or self.cutmix < 0:
@@ -425,17 +430,20 @@ def default_splits(split_names: list[str]) -> tuple[str, str, str]:
     return "", "", ""
 
 
-def load_with_splits(spec: str, ferplus: str | None = None, seed: int = 0):
-    """load_dataset, with a seeded stratified 90/5/5 train/val/test split for data that has none."""
-    from ferlab.data import apply_random_split, load_dataset
+def load_with_splits(spec: str, ferplus: str | None = None, seed: int = 0, folds: int = 0, fold: int = 0):
+    """load_dataset, split as fold `fold` of a subject-independent `folds`-fold cross-validation when
+    folds > 0, else with a seeded stratified 90/5/5 train/val/test split for data that has none."""
+    from ferlab.data import apply_random_split, apply_subject_fold, load_dataset
 
     data = load_dataset(spec, ferplus=ferplus, seed=seed)
+    if folds:
+        return apply_subject_fold(data, folds, fold, seed)
     return apply_random_split(data, seed=seed) if data.split_names() == ["all"] else data
 
 
 def load_run_data(cfg: TrainConfig):
     """Returns (dataset, train, val, test-or-None) FaceDatasets for the config."""
-    data = load_with_splits(cfg.data, cfg.ferplus, cfg.seed)
+    data = load_with_splits(cfg.data, cfg.ferplus, cfg.seed, cfg.folds, cfg.fold)
     names = data.split_names()
     auto = default_splits(names)
     train_s = auto[0] if cfg.train_splits == "auto" else cfg.train_splits

@@ -5,6 +5,8 @@
 - `subject_kfold`: k folds in which no subject appears in two folds (the CK+ protocol: frames of
   one sequence are near-identical, so a random split leaks).
 - `apply_random_split`: give a one-split data set ("all") train/val/test split names.
+- `apply_subject_fold`: give a data set with subject ids the train/val/test split of one fold of
+  a subject-independent k-fold cross-validation (`ferlab train --folds K --fold I`).
 
 Everything depends only on the inputs and the seed (numpy's PCG64 `default_rng`).
 """
@@ -96,3 +98,31 @@ def apply_random_split(dataset: FaceDataset, fractions: Sequence[float] = (0.9, 
         raise FerlabError(f"{dataset.source}: already split into {', '.join(dataset.split_names())}; "
                           "a random split applies to a data set with one split")
     return replace(dataset, splits=stratified_split(dataset.labels, fractions, seed, names), extra=dict(dataset.extra))
+
+
+def check_fold(k: int, fold: int) -> None:
+    """FerlabError unless fold `fold` of k can be split train/val/test."""
+    if k < 3 or not 0 <= fold < k:
+        raise FerlabError(f"subject folds need --folds >= 3 (one tests, one validates, the rest train) and "
+                          f"0 <= --fold < --folds, got --folds {k} --fold {fold}")
+
+
+def subject_fold_splits(groups: np.ndarray, labels: np.ndarray, k: int, fold: int, seed: int = 0,
+                        names: Sequence[str] = DEFAULT_NAMES) -> np.ndarray:
+    """Split names (N,) for fold `fold` of `subject_kfold(groups, labels, k, seed)`: that fold tests,
+    the next one (fold + 1 mod k) validates, the other k - 2 train; no subject is in two parts."""
+    check_fold(k, fold)
+    folds = subject_kfold(groups, labels, k, seed)
+    splits = np.full(len(labels), names[0], dtype=f"<U{max(map(len, names))}")
+    splits[folds[(fold + 1) % k][1]] = names[1]
+    splits[folds[fold][1]] = names[2]
+    return splits
+
+
+def apply_subject_fold(dataset: FaceDataset, k: int, fold: int, seed: int = 0) -> FaceDataset:
+    """A copy of a data set with subject ids (e.g. CK+) split train/val/test as fold `fold` of k
+    (see subject_fold_splits); any split it had is replaced."""
+    if dataset.groups is None:
+        raise FerlabError(f"{dataset.source}: subject folds need subject ids, and this data has none "
+                          "(CK+ folders with file names S<subject>_<sequence>_<frame>, e.g. ckplus:CK+48)")
+    return replace(dataset, splits=subject_fold_splits(dataset.groups, dataset.labels, k, fold, seed), extra=dict(dataset.extra))
