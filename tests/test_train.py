@@ -391,6 +391,10 @@ def test_evaluate_writes_report(toy_csv, tmp_path):
     assert recalibrated["recalibrate_bn"] == "Training" and recalibrated["num_samples"] == 140
     bad = ferlab("evaluate", run, "--data", toy_csv, "--recalibrate-bn", "Nope", check=False)
     assert bad.returncode != 0 and "no split named Nope" in bad.stderr and "Traceback" not in bad.stderr
+    ferlab("evaluate", run, "--tta", "flip", "--out", tmp_path / "eval-implicit")   # --data and --split from the run
+    assert json.loads((tmp_path / "eval-implicit" / "report.json").read_text())["confusion_matrix"] == report["confusion_matrix"]
+    weights_only = ferlab("evaluate", run / "best.safetensors", check=False)
+    assert weights_only.returncode == 2 and "not a run directory, so --data is needed" in weights_only.stderr
 
 
 def test_subject_folds_train_and_evaluate_on_the_same_split(tmp_path):
@@ -412,7 +416,11 @@ def test_subject_folds_train_and_evaluate_on_the_same_split(tmp_path):
     ferlab("train", *TINY, "--data", spec, "--folds", 3, "--fold", 1, "--epochs", 1, "--out", run)
     assert json.loads((run / "config.json").read_text())["folds"] == 3
     ferlab("evaluate", run, "--data", spec, "--folds", 3, "--fold", 1, "--split", "test", "--out", tmp_path / "eval")
-    assert json.loads((tmp_path / "eval" / "report.json").read_text())["num_samples"] == len(test)
+    explicit = json.loads((tmp_path / "eval" / "report.json").read_text())
+    ferlab("evaluate", run)   # data, folds, fold and seed from the run's config; the test split by default
+    implicit = json.loads((run / "eval-test-none" / "report.json").read_text())
+    assert explicit["num_samples"] == implicit["num_samples"] == len(test)
+    assert explicit["confusion_matrix"] == implicit["confusion_matrix"]
     bad = ferlab("train", *TINY, "--data", spec, "--folds", 2, "--out", tmp_path / "r2", check=False)
     assert bad.returncode == 2 and "--folds >= 3" in bad.stderr and "Traceback" not in bad.stderr
 

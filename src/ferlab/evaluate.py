@@ -10,6 +10,9 @@ centre, and their mirrors) resized back to 48x48. TTA and ensembling are those o
 `ferlab.predict.Recognizer` (both use ferlab.tta): `Recognizer([MODEL, ...], tta=...)` gives the
 same faces the same fp32 probabilities as the ones measured here.
 
+Without --data, a run directory is scored on the data it was trained with, split as in training
+(its seed and --folds/--fold), and by default on its test split (PrivateTest for FER2013).
+
 `--recalibrate-bn SPLITS` first recomputes every BatchNorm layer's statistics on those splits, in
 the state the model is scored in (see `recalibrate_batchnorm`): a diagnosis for short runs of the
 papers' Keras-style models, whose stored statistics can make them predict a single class.
@@ -131,9 +134,9 @@ def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", 
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="+", help="run directory, weights or .onnx file, or bundled name (several: an ensemble)")
-    p.add_argument("--data", required=True, help="data set (as for ferlab train)")
+    p.add_argument("--data", help="data set (as for ferlab train; default: the first MODEL's, when it is a run directory)")
     p.add_argument("--ferplus", help="FER+ votes file: evaluate against FER+ majority labels")
-    p.add_argument("--split", default="PrivateTest", help="split(s) to evaluate, comma-separated (default PrivateTest)")
+    p.add_argument("--split", help="split(s) to evaluate, comma-separated (default: the test split, PrivateTest for FER2013)")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.tta)")
     p.add_argument("--recalibrate-bn", metavar="SPLITS", default="",
                    help="recompute BatchNorm statistics on these splits of --data first, dropout off (a diagnosis for "
@@ -142,18 +145,38 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="fp32 (default: the numbers Recognizer's fp32 backends reproduce) or bf16 autocast (faster)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random splits (FERGIT, folders, folds); must match training")
-    p.add_argument("--folds", type=int, default=0, metavar="K", help="subject-independent K-fold split, as in training (CK+)")
-    p.add_argument("--fold", type=int, default=0, metavar="I", help="which fold tests (with --folds; the next one validates)")
+    # Not given: the first MODEL's training options when it is a run directory, else 0 / none.
+    p.add_argument("--seed", type=int, help="seed of random splits (FERGIT, folders, folds), as in training")
+    p.add_argument("--folds", type=int, metavar="K", help="subject-independent K-fold split, as in training (CK+)")
+    p.add_argument("--fold", type=int, metavar="I", help="which fold tests (with --folds; the next one validates)")
+
+
+def fill_data_options(args) -> None:
+    """--data, --ferplus, --seed, --folds, --fold not given: the first MODEL's run config.json values
+    (so `ferlab evaluate RUN` scores the split the run was trained around), else none / 0."""
+    config = Path(args.model[0]) / "config.json"
+    try:
+        saved = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise FerlabError(f"{config}: unreadable run config ({e})") from None
+    for key, default in (("data", None), ("ferplus", None), ("seed", 0), ("folds", 0), ("fold", 0)):
+        if getattr(args, key) is None:
+            setattr(args, key, saved.get(key, default))
+    if not args.data:
+        raise FerlabError(f"{args.model[0]}: not a run directory, so --data is needed")
 
 
 def run(args) -> int:
     from ferlab.metrics import classification_report, plot_confusion, report_markdown
-    from ferlab.train import load_with_splits, resolve_device
+    from ferlab.train import default_splits, load_with_splits, resolve_device
 
+    fill_data_options(args)
     device = resolve_device(args.device)
     data = load_with_splits(args.data, args.ferplus, args.seed, args.folds, args.fold)
-    subset = data.select(args.split)
+    split = args.split or default_splits(data.split_names())[2]
+    if not split:
+        raise FerlabError(f"{args.data}: no test split to default to (have: {', '.join(data.split_names())}); pass --split")
+    subset = data.select(split)
     bn_images = data.select(args.recalibrate_bn).images if args.recalibrate_bn else None
     t0 = time.time()
     probs, cards = evaluate_models(args.model, subset.images, tta=args.tta, device=device, amp=args.amp, bn_images=bn_images)
@@ -162,14 +185,14 @@ def run(args) -> int:
     if list(model_classes) != list(data.classes):
         raise FerlabError(f"{args.model[0]}: model classes {model_classes} differ from the data's {list(data.classes)}")
     report = classification_report(subset.labels, probs.argmax(1), data.classes)
-    report.update(model=" + ".join(args.model), data=args.data, split=args.split, tta=args.tta, amp=args.amp,
+    report.update(model=" + ".join(args.model), data=args.data, split=split, tta=args.tta, amp=args.amp,
                   recalibrate_bn=args.recalibrate_bn or None,
                   seconds=round(seconds, 2), faces_per_s=round(len(subset) / max(seconds, 1e-9), 1))
     first = Path(args.model[0])
-    name = f"eval-{args.split.replace(',', '+')}-{args.tta}" + ("-bn" if args.recalibrate_bn else "")
+    name = f"eval-{split.replace(',', '+')}-{args.tta}" + ("-bn" if args.recalibrate_bn else "")
     out = args.out or ((first if first.is_dir() else Path(".")) / name)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{report['model']} on {Path(args.data).name} {args.split} (TTA: {args.tta})"
+    title = f"{report['model']} on {Path(args.data).name} {split} (TTA: {args.tta})"
     if args.recalibrate_bn:
         title += f", BatchNorm statistics recomputed on {args.recalibrate_bn}"
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
