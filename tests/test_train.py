@@ -395,6 +395,8 @@ def test_evaluate_writes_report(toy_csv, tmp_path):
     assert json.loads((tmp_path / "eval-implicit" / "report.json").read_text())["confusion_matrix"] == report["confusion_matrix"]
     weights_only = ferlab("evaluate", run / "best.safetensors", check=False)
     assert weights_only.returncode == 2 and "not a run directory, so --data is needed" in weights_only.stderr
+    missing = ferlab("evaluate", tmp_path / "nosuchrun", check=False)
+    assert missing.returncode == 2 and "nosuchrun: not a weights file, run directory or bundled model" in missing.stderr
 
 
 def test_subject_folds_train_and_evaluate_on_the_same_split(tmp_path):

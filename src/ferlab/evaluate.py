@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ferlab.atomic import atomic_write_text
-from ferlab.checkpoint import check_same_classes, load_model
+from ferlab.checkpoint import check_same_classes, load_model, resolve_weights
 from ferlab.errors import FerlabError
 from ferlab.tta import TTA_MODES, check_tta, tta_probs
 
@@ -163,6 +163,7 @@ def fill_data_options(args) -> None:
         if getattr(args, key) is None:
             setattr(args, key, saved.get(key, default))
     if not args.data:
+        resolve_weights(args.model[0])   # a model that does not exist says so first
         raise FerlabError(f"{args.model[0]}: not a run directory, so --data is needed")
 
 
