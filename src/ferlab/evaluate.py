@@ -145,26 +145,31 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="fp32 (default: the numbers Recognizer's fp32 backends reproduce) or bf16 autocast (faster)")
-    # Not given: the first MODEL's training options when it is a run directory, else 0 / none.
+    # Not given, and no --data: the first MODEL's training options when it is a run directory (else 0).
     p.add_argument("--seed", type=int, help="seed of random splits (FERGIT, folders, folds), as in training")
     p.add_argument("--folds", type=int, metavar="K", help="subject-independent K-fold split, as in training (CK+)")
     p.add_argument("--fold", type=int, metavar="I", help="which fold tests (with --folds; the next one validates)")
 
 
 def fill_data_options(args) -> None:
-    """--data, --ferplus, --seed, --folds, --fold not given: the first MODEL's run config.json values
-    (so `ferlab evaluate RUN` scores the split the run was trained around), else none / 0."""
-    config = Path(args.model[0]) / "config.json"
-    try:
-        saved = json.loads(config.read_text()) if config.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise FerlabError(f"{config}: unreadable run config ({e})") from None
+    """Without --data: the first MODEL's run config.json gives --data, --ferplus, --seed, --folds and
+    --fold (those not given), so `ferlab evaluate RUN` scores the split the run was trained around.
+    With --data, options not given are none / 0."""
+    saved = {}
+    if args.data is None:
+        config = Path(args.model[0]) / "config.json"
+        if not config.is_file():
+            resolve_weights(args.model[0])   # a model that does not exist says so first
+            raise FerlabError(f"{args.model[0]}: not a run directory, so --data is needed")
+        try:
+            saved = json.loads(config.read_text())
+        except (OSError, ValueError) as e:
+            raise FerlabError(f"{config}: unreadable run config ({e})") from None
     for key, default in (("data", None), ("ferplus", None), ("seed", 0), ("folds", 0), ("fold", 0)):
         if getattr(args, key) is None:
             setattr(args, key, saved.get(key, default))
     if not args.data:
-        resolve_weights(args.model[0])   # a model that does not exist says so first
-        raise FerlabError(f"{args.model[0]}: not a run directory, so --data is needed")
+        raise FerlabError(f"{args.model[0]}: its config.json names no data, so --data is needed")
 
 
 def run(args) -> int:

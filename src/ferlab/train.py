@@ -62,8 +62,8 @@ class TrainConfig:
     early_stop_monitor: str = "val_acc"
     early_stop_patience: int = 0        # 0: off
     train_fraction: float = 1.0         # train on a seeded, class-stratified fraction of the train split
-    folds: int = 0                      # k >= 3: subject-independent k-fold (data with subject ids, e.g. CK+);
-    fold: int = 0                       # this fold tests, the next validates, the rest train; 0: off
+    folds: int = 0                      # subject-independent k-fold split, k >= 3 (needs subject ids, e.g. CK+); 0: off
+    fold: int = 0                       # with folds: this fold tests, the next one validates, the others train
     class_weights: str = "none"         # none | balanced
     label_smoothing: float = 0.0
     augment: str = "none"               # a preset in ferlab.augment.AUGMENT_PRESETS
