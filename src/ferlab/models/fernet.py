@@ -57,7 +57,7 @@ def _fernet(preset_widths, preset_depths, **kwargs) -> FERNet:
 
 @register_model
 def fernet_s(**kwargs) -> FERNet:
-    """FERNet-S (ferlab's own): widths 32-256, two 3x3 convs per stage; the bundled default."""
+    """FERNet-S (ferlab's own): widths 32-256, two 3x3 convs per stage."""
     return _fernet((32, 64, 128, 256), (2, 2, 2, 2), **kwargs)
 
 
@@ -67,7 +67,7 @@ def fernet_m(**kwargs) -> FERNet:
 
     One conv at 48 px instead of two and three per stage at 12 and 6 px: 1.9M parameters for
     about FERNet-S's training cost (423 vs 456 images/s, bf16, 2 cores), because the second
-    48 px conv is the most expensive layer of FERNet-S.
+    48 px conv is the most expensive layer of FERNet-S. The bundled default is a FERNet-M.
     """
     return _fernet((32, 64, 128, 256), (1, 2, 3, 3), **kwargs)
 
