@@ -17,10 +17,8 @@ compare lines from one run.
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ferlab.export import astronaut_faces, export_model  # noqa: E402
 from ferlab.predict import Recognizer  # noqa: E402
 from ferlab.train import native_bf16  # noqa: E402
-from inference_speed import model_spec  # noqa: E402  (same folder: the scripts run from benchmarks/)
-
-
-def timed(fn, seconds, min_runs=3):
-    """Median wall time of fn() over repeated runs lasting about `seconds` (after one warm-up)."""
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from inference_speed import model_spec, timed  # noqa: E402  (same folder: the scripts run from benchmarks/)
 
 
 def test_split(spec):
@@ -82,7 +69,7 @@ def main():
         row = {"backend": name, "model": spec, "threads": args.threads}
         for batch in (1, 256):
             x = faces[:batch]
-            row[f"faces_per_s_batch{batch}"] = round(batch / timed(lambda: rec.probabilities(x), args.seconds), 1)
+            row[f"faces_per_s_batch{batch}"] = round(batch / timed(lambda: rec.probabilities(x), args.seconds)[0], 1)
         if test is not None:
             probs = rec.probabilities(test.images.astype(np.float32) / 255.0)
             ref = probs if ref is None else ref
