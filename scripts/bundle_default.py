@@ -1,6 +1,10 @@
 """Bundle a finished run as one of ferlab's shipped models: weights + model card.
 
     python scripts/bundle_default.py ~/ferlab-runs/fernet_s-r1 --data ../shared/data/fer2013/fer2013.csv.gz [--name default]
+    python scripts/bundle_default.py ~/ferlab-runs/fernet_m-ferplus-ft --data ../shared/data/fer2013/fer2013.csv.gz --name ferplus
+
+A run trained on FER+ labels (`ferlab train --ferplus`) is scored against the FER+ majority labels
+of the votes file its config names.
 
 Writes the run's best weights, stored as float16 (half the bytes; every number below is measured
 on the float16-rounded weights), to src/ferlab/weights/<name>.safetensors and <name>.json,
@@ -59,7 +63,7 @@ def parent_training(config: dict) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
-    p.add_argument("--data", required=True, help="the FER2013 CSV the run was trained on")
+    p.add_argument("--data", required=True, help="the FER2013 CSV the run was trained on (its FER+ votes file, if any, comes from the run's config)")
     p.add_argument("--name", default="default")
     a = p.parse_args()
 
@@ -83,8 +87,13 @@ def main() -> None:
         metrics[f"privatetest_tta_{tta}"] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
                                              "num_samples": r["num_samples"], "seconds": round(time.time() - t, 2)}
     metrics["onnx"] = onnx_accuracy(model, a.data, test)
+    thresholds = (0.80, 0.83, 0.85, 0.86, 0.87) if config.get("ferplus") else (0.65, 0.68, 0.70, 0.71, 0.72)
     reached = {f"{t:.0%}": {"epoch": epoch, "minutes": round(mins, 1)}
-               for t, (epoch, mins) in first_reached(rows, (0.65, 0.68, 0.70, 0.71, 0.72)).items()}
+               for t, (epoch, mins) in first_reached(rows, thresholds).items()}
+    labels = ""
+    if config.get("ferplus"):
+        labels = (f" with FER+ labels ({Path(config['ferplus']).name}; "
+                  + ("vote distributions" if config.get("targets") == "soft" else "majority labels") + " as targets)")
     card = {
         "name": a.name,
         "model": meta["model"],
@@ -93,8 +102,9 @@ def main() -> None:
         "classes": meta["classes"],
         "preprocessing": {"input": "grayscale face crop resized to 48x48 (INTER_AREA)", "scale": "pixels / 255 in [0, 1]",
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
-        "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name})",
-                 "selection": f"best validation accuracy on {config['val_splits']}", "test": "PrivateTest (3,573 rows in ferlab's copy)"},
+        "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name}){labels}",
+                 "selection": f"best validation accuracy on {config['val_splits']}",
+                 "test": f"PrivateTest ({len(test):,} rows in ferlab's copy" + (", FER+ majority labels)" if labels else ")")},
         "training": {"command": train_command(config), "config": config,
                      "epochs": len(rows), "best_epoch": meta.get("epoch"),
                      "wall_time_minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1),

@@ -230,18 +230,19 @@ def test_bad_onnx_models_are_one_line_errors(capsys, exported, tmp_path):
         load_init_weights(create_model("fernet_s"), TrainConfig(model="fernet_s", data="x.csv", init=str(exported[0])), FER2013_CLASSES)
 
 
-def test_bundled_int8_default_agrees_with_default(astronaut):
-    """The shipped int8 export: same model and classes as the default, same reading of a real smile."""
+@pytest.mark.parametrize("name", ["default", "ferplus"])
+def test_bundled_int8_export_agrees_with_its_model(astronaut, name):
+    """A shipped int8 export: same model and classes as its fp32 model, same reading of a real smile."""
     from ferlab.checkpoint import WEIGHTS_DIR
 
-    if not (WEIGHTS_DIR / "default-int8.onnx").is_file():
-        pytest.fail("src/ferlab/weights/default-int8.onnx is missing (scripts/bundle_default.py writes it)")
-    model, card = load_model("default-int8")
-    _, default_card = load_model("default")
-    assert card["model"] == default_card["model"] and card["classes"] == default_card["classes"]
+    if not (WEIGHTS_DIR / f"{name}-int8.onnx").is_file():
+        pytest.fail(f"src/ferlab/weights/{name}-int8.onnx is missing (scripts/bundle_default.py writes it)")
+    model, card = load_model(f"{name}-int8")
+    _, fp32_card = load_model(name)
+    assert card["model"] == fp32_card["model"] and card["classes"] == fp32_card["classes"]
     assert card["quantization"].startswith("int8")
     faces = export.astronaut_faces(32)
-    fp32 = Recognizer("default", detector="none", backend="torch").probabilities(faces)
-    int8 = Recognizer("default-int8", detector="none").probabilities(faces)
+    fp32 = Recognizer(name, detector="none", backend="torch").probabilities(faces)
+    int8 = Recognizer(f"{name}-int8", detector="none").probabilities(faces)
     assert (fp32.argmax(1) == int8.argmax(1)).mean() >= 0.9 and np.abs(fp32 - int8).max() < 0.15
-    assert FER2013_CLASSES[int(int8[0].argmax())] == "happy"   # the plain crop of the astronaut's smile
+    assert card["classes"][int(int8[0].argmax())] == "happy"   # the plain crop of the astronaut's smile

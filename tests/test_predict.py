@@ -14,7 +14,7 @@ from PIL import Image
 from ferlab.checkpoint import load_model
 from ferlab.cli import main
 from ferlab.errors import FerlabError
-from ferlab.labels import FER2013_CLASSES
+from ferlab.labels import FER2013_CLASSES, FERPLUS8_CLASSES
 from ferlab.evaluate import predict_probs
 from ferlab.predict import Recognizer, faces_to_input, load_image
 from synthetic import synthetic_faces
@@ -369,18 +369,19 @@ def test_demo(capsys, fernet_weights, tmp_path, monkeypatch):
     assert code == 2 and "bundled default model is missing" in err and len(err.strip().splitlines()) == 1
 
 
-def test_bundled_default_matches_its_card_and_reads_a_real_smile(astronaut):
+@pytest.mark.parametrize("name, classes, test_rows", [("default", FER2013_CLASSES, 3573), ("ferplus", FERPLUS8_CLASSES, 3375)])
+def test_bundled_model_matches_its_card_and_reads_a_real_smile(astronaut, name, classes, test_rows):
     """The shipped weights: the card describes them, and the astronaut's smile reads as happy."""
     from ferlab.checkpoint import WEIGHTS_DIR
     from ferlab.models import count_parameters
 
-    card = json.loads((WEIGHTS_DIR / "default.json").read_text())
-    with Recognizer("default", detector="haar" if importlib.util.find_spec("mediapipe") is None else "mediapipe") as rec:
+    card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    with Recognizer(name, detector="haar" if importlib.util.find_spec("mediapipe") is None else "mediapipe") as rec:
         assert rec.card["model"] == card["model"] and count_parameters(rec.model) == card["parameters"]
-        assert list(rec.classes) == card["classes"] == list(FER2013_CLASSES)
+        assert list(rec.classes) == card["classes"] == list(classes)
         faces = rec.predict(astronaut)
     assert len(faces) == 1 and faces[0]["label"] == "happy" and faces[0]["confidence"] > 0.5
-    assert card["metrics"]["privatetest_tta_none"]["num_samples"] == 3573
+    assert card["metrics"]["privatetest_tta_none"]["num_samples"] == test_rows
 
 
 def test_float16_weights_load_into_a_float32_model(tmp_path):

@@ -365,13 +365,45 @@ def test_recipes_fill_options(toy_csv, tmp_path):
 def test_train_command_recreates_the_config(tmp_path, recipe):
     """A model card's command, parsed by ferlab's own parser, gives back the run's config."""
     base = {"recipe": recipe, **get_recipe(recipe)} if recipe else {}
-    config = asdict(TrainConfig(**{**base, "data": "/data/fer2013.csv.gz", "epochs": 90, "mixup": 0.2,
-                                   "channels_last": False, "model_kwargs": {"dropout": 0.3}}))
+    config = asdict(TrainConfig(**{**base, "data": "/data/fer2013.csv.gz", "ferplus": "/data/fer2013new.csv", "epochs": 90,
+                                   "mixup": 0.2, "channels_last": False, "model_kwargs": {"dropout": 0.3}}))
     command = train_command(config)
     assert command.startswith("ferlab train") and ("--recipe fernet_m" in command) == bool(recipe)
     args = build_parser("train").parse_args(shlex.split(command)[1:] + ["--out", str(tmp_path / "run")])
     parsed, _ = config_from_args(args)
-    assert asdict(parsed) == {**config, "data": "fer2013.csv.gz"}
+    assert asdict(parsed) == {**config, "data": "fer2013.csv.gz", "ferplus": "fer2013new.csv"}
+
+
+def test_ferplus_soft_targets_train_an_8_class_model(toy_csv, tmp_path):
+    """--ferplus --targets soft: FER+ vote distributions as targets, contempt as an eighth class,
+    and `ferlab evaluate RUN` scores it against the FER+ majority labels."""
+    with open(toy_csv) as f:
+        rows = list(csv.DictReader(f))
+    # FER+ vote columns: neutral happiness surprise sadness anger disgust fear contempt unknown NF
+    ferplus_column = {0: 4, 1: 7, 2: 6, 3: 1, 4: 3, 5: 2, 6: 0}   # disgust's faces are voted contempt
+    lines = ["Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    for i, row in enumerate(rows):
+        votes = [0] * 10
+        votes[0] += 2   # two of ten annotators say neutral: soft targets, majority unchanged
+        votes[ferplus_column[int(row["emotion"])]] += 8
+        lines.append(f"{row['Usage']},fer{i:07d}.png," + ",".join(map(str, votes)))
+    votes_file = tmp_path / "fer2013new.csv"
+    votes_file.write_text("\n".join(lines) + "\n")
+
+    train = [*TINY, "--data", toy_csv, "--targets", "soft", "--epochs", 10, "--batch-size", 32, "--optimizer", "adam", "--lr", 3e-3]
+    no_votes = ferlab("train", *train, "--out", tmp_path / "no-votes", check=False)
+    assert no_votes.returncode == 2 and "--targets soft needs vote distributions (pass --ferplus)" in no_votes.stderr
+    assert len(no_votes.stderr.strip().splitlines()) == 1
+    run = tmp_path / "run"
+    ferlab("train", *train, "--ferplus", votes_file, "--out", run)
+    assert float(read_metrics(run)[-1]["val_acc"]) > 0.9
+    model, meta = load_model(str(run / "best.safetensors"))
+    assert meta["classes"][-1] == "contempt" and model(torch.zeros(1, 1, 48, 48)).shape == (1, 8)
+    ferlab("evaluate", run, "--split", "PrivateTest", "--out", tmp_path / "eval")
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["per_class"]["contempt"]["support"] > 0 and report["per_class"]["disgust"]["support"] == 0
+    assert report["accuracy"] > 0.9 and report["ferplus"] == str(votes_file)
+    assert "with FER+ labels (fer2013new.csv)" in (tmp_path / "eval" / "report.md").read_text().splitlines()[0]
 
 
 def test_evaluate_writes_report(toy_csv, tmp_path):

@@ -51,7 +51,7 @@ def load_weights(path) -> tuple[dict, dict]:
 
 
 def resolve_weights(spec: str) -> Path:
-    """A bundled model name ('default', 'default-int8'), a run directory (its best weights), a
+    """A bundled model name ('default', 'default-int8', 'ferplus'), a run directory (its best weights), a
     weights file or an exported .onnx file."""
     path = Path(spec)
     if path.is_dir():

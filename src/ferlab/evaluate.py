@@ -3,7 +3,7 @@ matrix on one split, written as report.md / report.json / confusion.png (plus th
 curves when MODEL is a run directory).
 
 MODEL is a run directory, a weights file, an .onnx file from `ferlab export` or a bundled model name
-(`default`, `default-int8`); several MODELs
+(`default`, `default-int8`, `ferplus`: score it with `--ferplus fer2013new.csv`); several MODELs
 form an ensemble that averages their probabilities (they must share their classes). `--tta flip`
 averages each face with its mirror image; `--tta tencrop` averages ten 44x44 crops (corners,
 centre, and their mirrors) resized back to 48x48. TTA and ensembling are those of
@@ -191,14 +191,15 @@ def run(args) -> int:
     if list(model_classes) != list(data.classes):
         raise FerlabError(f"{args.model[0]}: model classes {model_classes} differ from the data's {list(data.classes)}")
     report = classification_report(subset.labels, probs.argmax(1), data.classes)
-    report.update(model=" + ".join(args.model), data=args.data, split=split, tta=args.tta, amp=args.amp,
+    report.update(model=" + ".join(args.model), data=args.data, ferplus=args.ferplus, split=split, tta=args.tta, amp=args.amp,
                   recalibrate_bn=args.recalibrate_bn or None,
                   seconds=round(seconds, 2), faces_per_s=round(len(subset) / max(seconds, 1e-9), 1))
     first = Path(args.model[0])
     name = f"eval-{split.replace(',', '+')}-{args.tta}" + ("-bn" if args.recalibrate_bn else "")
     out = args.out or ((first if first.is_dir() else Path(".")) / name)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{report['model']} on {Path(args.data).name} {split} (TTA: {args.tta})"
+    labels = f" with FER+ labels ({Path(args.ferplus).name})" if args.ferplus else ""
+    title = f"{report['model']} on {Path(args.data).name}{labels} {split} (TTA: {args.tta})"
     if args.recalibrate_bn:
         title += f", BatchNorm statistics recomputed on {args.recalibrate_bn}"
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))

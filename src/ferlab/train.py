@@ -671,7 +671,8 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
 
 
 def train_command(config: dict) -> str:
-    """The `ferlab train` command that recreates a run: its recipe plus every setting it overrode."""
+    """The `ferlab train` command that recreates a run: its recipe plus every setting it overrode
+    (data files by name)."""
     base = asdict(TrainConfig())
     words = ["ferlab", "train"]
     if config.get("recipe"):
@@ -683,6 +684,8 @@ def train_command(config: dict) -> str:
         if key in ("data", "recipe") or key not in base or value == base[key]:
             continue
         flag = key.replace("_", "-")
+        if key == "ferplus":   # data files by name, as --data: where they live differs per machine
+            value = Path(value).name
         if isinstance(value, bool):
             words.append(f"--{flag}" if value else f"--no-{flag}")
         else:
