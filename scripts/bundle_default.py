@@ -87,13 +87,14 @@ def main() -> None:
         metrics[f"privatetest_tta_{tta}"] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
                                              "num_samples": r["num_samples"], "seconds": round(time.time() - t, 2)}
     metrics["onnx"] = onnx_accuracy(model, a.data, test)
-    thresholds = (0.80, 0.83, 0.85, 0.86, 0.87) if config.get("ferplus") else (0.65, 0.68, 0.70, 0.71, 0.72)
+    thresholds, train_labels, test_labels = (0.65, 0.68, 0.70, 0.71, 0.72), "", ""
+    if config.get("ferplus"):   # FER+ labels: 8 classes, scored against the majority of the votes
+        targets = "vote distributions" if config.get("targets") == "soft" else "majority labels"
+        thresholds = (0.80, 0.83, 0.85, 0.86, 0.87)
+        train_labels = f" with FER+ labels ({Path(config['ferplus']).name}; {targets} as targets)"
+        test_labels = ", FER+ majority labels"
     reached = {f"{t:.0%}": {"epoch": epoch, "minutes": round(mins, 1)}
                for t, (epoch, mins) in first_reached(rows, thresholds).items()}
-    labels = ""
-    if config.get("ferplus"):
-        labels = (f" with FER+ labels ({Path(config['ferplus']).name}; "
-                  + ("vote distributions" if config.get("targets") == "soft" else "majority labels") + " as targets)")
     card = {
         "name": a.name,
         "model": meta["model"],
@@ -102,9 +103,9 @@ def main() -> None:
         "classes": meta["classes"],
         "preprocessing": {"input": "grayscale face crop resized to 48x48 (INTER_AREA)", "scale": "pixels / 255 in [0, 1]",
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
-        "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name}){labels}",
+        "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name}){train_labels}",
                  "selection": f"best validation accuracy on {config['val_splits']}",
-                 "test": f"PrivateTest ({len(test):,} rows in ferlab's copy" + (", FER+ majority labels)" if labels else ")")},
+                 "test": f"PrivateTest ({len(test):,} rows in ferlab's copy{test_labels})"},
         "training": {"command": train_command(config), "config": config,
                      "epochs": len(rows), "best_epoch": meta.get("epoch"),
                      "wall_time_minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1),
