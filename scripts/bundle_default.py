@@ -104,7 +104,8 @@ def main() -> None:
         "preprocessing": {"input": "grayscale face crop resized to 48x48 (INTER_AREA)", "scale": "pixels / 255 in [0, 1]",
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
         "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name}){train_labels}",
-                 "selection": f"best validation accuracy on {config['val_splits']}",
+                 "selection": ("the last epoch (a fixed schedule; --select last)" if config.get("select") == "last"
+                               else f"best validation accuracy on {config['val_splits']}"),
                  "test": f"PrivateTest ({len(test):,} rows in ferlab's copy{test_labels})"},
         "training": {"command": train_command(config), "config": config,
                      "epochs": len(rows), "best_epoch": meta.get("epoch"),

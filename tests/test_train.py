@@ -250,6 +250,20 @@ def test_early_stopping_and_plateau(toy_csv, tmp_path):
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_select_last_keeps_the_last_epoch_whatever_validation_says(toy_csv, tmp_path):
+    # A step too small to change any float32 weight: validation accuracy never rises above epoch 1's,
+    # so --select val_acc keeps epoch 1 (and a validation split trained on, as here, makes it meaningless).
+    cfg = tiny_config(toy_csv, model="li2023", model_kwargs={}, epochs=3, lr=1e-12, amp="fp32",
+                      train_splits="Training,PublicTest", val_splits="PublicTest")
+    fit(cfg, tmp_path / "by_val", log=lambda *a: None)
+    fit(TrainConfig(**{**asdict(cfg), "select": "last"}), tmp_path / "last", log=lambda *a: None)
+    assert load_weights(tmp_path / "by_val" / "best.safetensors")[1]["epoch"] == 1
+    state, meta = load_weights(tmp_path / "last" / "best.safetensors")
+    assert meta["epoch"] == 3
+    last = load_state(tmp_path / "last" / "last.pt")["model"]
+    assert all(torch.equal(state[k], last[k]) for k in last)
+
+
 def test_balanced_class_weights():
     labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
     w = balanced_class_weights(labels, 4)

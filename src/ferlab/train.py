@@ -3,7 +3,8 @@
 Read top to bottom: the config, the pieces it builds (optimizer, schedule, loss, callbacks),
 `train_one_epoch` / `evaluate` in torchvision-reference style, and `fit`, which owns the run
 directory: `config.json`, `metrics.csv`, `last.pt` (full training state, every epoch),
-`best.safetensors` (best validation accuracy) and `curves.png`, all written atomically.
+`best.safetensors` (best validation accuracy, or the last epoch with `--select last`) and
+`curves.png`, all written atomically.
 `--resume` restores model, optimizer, schedule, RNG and callback state from `last.pt`, so a
 killed run ends exactly where an uninterrupted one would.
 
@@ -30,62 +31,70 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ferlab.augment import apply_augment, get_augment, mix_batch, sample_params
+from ferlab.augment import AUGMENT_PRESETS, apply_augment, get_augment, mix_batch, sample_params
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_state, save_state, save_weights
 from ferlab.errors import FerlabError
 from ferlab.tta import tta_probs
 
 
+def option(default, help: str):
+    """A TrainConfig field whose help text `ferlab train --help` shows."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    model: str = "fernet_s"
-    data: str = ""
-    ferplus: str | None = None          # FER+ votes file: train on FER+ labels
-    targets: str = "hard"               # hard (majority label) | soft (FER+ vote distributions)
+    model: str = option("fernet_s", "model name (see `ferlab models`)")
+    data: str = option("", "data set: FER2013 CSV, image folder, ckplus:DIR or fergit:CSV,DIR")
+    ferplus: str | None = option(None, "FER+ votes file (fer2013new.csv): train on FER+ labels")
+    targets: str = option("hard", "hard (majority label) | soft (FER+ vote distributions; needs --ferplus)")
     model_kwargs: dict = field(default_factory=dict)
-    train_splits: str = "auto"          # comma-separated split names; auto: Training / PublicTest / PrivateTest
-    val_splits: str = "auto"
-    test_splits: str = "auto"           # evaluated every epoch for the log only, never for selection
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "adam"             # adam | sgd (Nesterov) | nadam | adamw
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"          # constant | plateau | cosine | onecycle
-    warmup_epochs: float = 0.0          # cosine only
-    plateau_monitor: str = "val_acc"
-    plateau_factor: float = 0.1
-    plateau_patience: int = 10
-    min_lr: float = 0.0
-    early_stop_monitor: str = "val_acc"
-    early_stop_patience: int = 0        # 0: off
-    train_fraction: float = 1.0         # train on a seeded, class-stratified fraction of the train split
-    folds: int = 0                      # subject-independent k-fold split, k >= 3 (needs subject ids, e.g. CK+); 0: off
-    fold: int = 0                       # with folds: this fold tests, the next one validates, the others train
-    class_weights: str = "none"         # none | balanced
-    label_smoothing: float = 0.0
-    augment: str = "none"               # a preset in ferlab.augment.AUGMENT_PRESETS
-    mixup: float = 0.0                  # Beta(a, a) alpha of mixup; 0: off
-    cutmix: float = 0.0                 # Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)
-    ema: float = 0.0                    # decay of an exponential moving average of weights; 0: off
-    recalibrate_bn: int = 0             # before each evaluation, recompute BatchNorm statistics on this many
-                                        # training faces with dropout off (ferlab.evaluate.recalibrate_batchnorm); 0: off
-    init: str = ""                      # fine-tuning: start from a trained model (run dir, weights, bundled name)
-    teacher: str = ""                   # knowledge distillation: comma-separated models (run dirs, weights, bundled
-                                        # names) whose mean probabilities the student also learns; "": off
-    teacher_tta: str = "none"           # the teacher's view of each training batch: none | flip (ferlab.tta)
-    distill_weight: float = 0.5         # loss = (1 - w) * cross-entropy(labels) + w * T^2 * KL(teacher || student)
-    distill_temperature: float = 4.0    # T: both distributions softened by logits / T
-    amp: str = "auto"                   # auto (bf16 where the device supports it) | bf16 | fp32
-    channels_last: bool = True
-    seed: int = 0
-    recipe: str | None = None
+    train_splits: str = option("auto", "comma-separated split names; auto: Training / PublicTest / PrivateTest")
+    val_splits: str = option("auto", "split(s) validated on every epoch; auto: see --train-splits")
+    test_splits: str = option("auto", "split(s) evaluated every epoch for the log only, never for selection")
+    select: str = option("val_acc", "the epoch best.safetensors holds: val_acc (the highest) | last (a fixed "
+                                    "schedule, e.g. when the validation split is also trained on)")
+    epochs: int = option(30, "passes over the training split")
+    batch_size: int = option(64, "faces per optimizer step")
+    optimizer: str = option("adam", "adam | sgd (Nesterov) | nadam | adamw")
+    lr: float = option(1e-3, "learning rate (the peak of onecycle and cosine)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(0.0, "weight decay")
+    schedule: str = option("constant", "constant | plateau | cosine | onecycle")
+    warmup_epochs: float = option(0.0, "cosine only: linear warm-up epochs")
+    plateau_monitor: str = option("val_acc", "plateau: val_acc | val_loss")
+    plateau_factor: float = option(0.1, "plateau: LR multiplier")
+    plateau_patience: int = option(10, "plateau: epochs without improvement before the cut")
+    min_lr: float = option(0.0, "plateau: the lowest LR")
+    early_stop_monitor: str = option("val_acc", "val_acc | val_loss")
+    early_stop_patience: int = option(0, "stop after this many epochs without improvement; 0: off")
+    train_fraction: float = option(1.0, "train on a seeded, class-stratified fraction of the train split")
+    folds: int = option(0, "subject-independent k-fold split, k >= 3 (needs subject ids, e.g. CK+); 0: off")
+    fold: int = option(0, "with --folds: this fold tests, the next one validates, the others train")
+    class_weights: str = option("none", "none | balanced (loss weights inverse to class frequency)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    augment: str = option("none", f"augmentation preset: {' | '.join(AUGMENT_PRESETS)}")
+    mixup: float = option(0.0, "Beta(a, a) alpha of mixup; 0: off")
+    cutmix: float = option(0.0, "Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)")
+    ema: float = option(0.0, "decay of an exponential moving average of weights (evaluated and saved); 0: off")
+    recalibrate_bn: int = option(0, "before each evaluation, recompute BatchNorm statistics on this many training "
+                                    "faces with dropout off (ferlab.evaluate.recalibrate_batchnorm); 0: off")
+    init: str = option("", "fine-tuning: start from a trained model (run dir, weights, bundled name)")
+    teacher: str = option("", "knowledge distillation: comma-separated models (run dirs, weights, bundled names, "
+                              ".onnx) whose mean probabilities the student also learns")
+    teacher_tta: str = option("none", "the teacher's view of each training batch: none | flip (ferlab.tta)")
+    distill_weight: float = option(0.5, "w in loss = (1 - w) * CE(labels) + w * T^2 * KL(teacher || student)")
+    distill_temperature: float = option(4.0, "T: both distributions softened by logits / T")
+    amp: str = option("auto", "auto (bf16 where the device supports it) | bf16 | fp32")
+    channels_last: bool = option(True, "channels_last memory layout (faster on CPUs)")
+    seed: int = option(0, "seed of initialisation, data order, augmentation and splits")
+    recipe: str | None = option(None, "a paper's protocol (see `ferlab recipes`)")
 
     def __post_init__(self):
         choices = {"optimizer": ("adam", "sgd", "nadam", "adamw"), "schedule": ("constant", "plateau", "cosine", "onecycle"),
                    "class_weights": ("none", "balanced"), "amp": ("auto", "bf16", "fp32"), "targets": ("hard", "soft"),
+                   "select": ("val_acc", "last"),
                    "plateau_monitor": ("val_acc", "val_loss"), "early_stop_monitor": ("val_acc", "val_loss")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -587,7 +596,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         row["stopped"] = stopped
         history.append(row)
         if d.main:
-            if row["val_acc"] > best_acc:
+            if cfg.select == "last" or row["val_acc"] > best_acc:
                 best_acc = row["val_acc"]
                 save_weights(out / "best.safetensors", eval_model, {**weights_meta(cfg, classes, epoch, row), "trained_on": machine})
             save_state(out / "last.pt", {
@@ -614,23 +623,20 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Every option defaults to None so we can tell "given" from "not given": recipe < explicit.
-    p.add_argument("--recipe", help="a paper's protocol (see `ferlab recipes`)")
-    p.add_argument("--model", help="model name (see `ferlab models`)")
-    p.add_argument("--data", help="data set: FER2013 CSV, image folder, or fergit:CSV,DIR")
-    p.add_argument("--ferplus", help="FER+ votes file (fer2013new.csv): train on FER+ labels")
-    p.add_argument("--targets", choices=["hard", "soft"])
     p.add_argument("--out", type=Path, help="run directory (default ~/ferlab-runs/<recipe-or-model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
     p.add_argument("--model-kwargs", type=json.loads, help='JSON, e.g. \'{"dropout": 0.4}\'')
-    for f in fields(TrainConfig):
-        if f.name in ("model", "data", "ferplus", "targets", "model_kwargs", "recipe"):
+    for f in sorted(fields(TrainConfig), key=lambda f: f.name != "recipe"):   # --recipe first, then the config's order
+        if f.name == "model_kwargs":
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        if f.default not in (None, ""):
+            text += f" (default {f.default}, or the recipe's)"
         if f.type is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None)
+            p.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None, help=text)
 
 
 def config_from_args(args) -> tuple[TrainConfig, Path]:
@@ -701,6 +707,7 @@ def run(args) -> int:
             atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     history = fit(cfg, out, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0 and history:
-        best = max(history, key=lambda r: r["val_acc"])
-        print(f"done: best val_acc {best['val_acc']:.4f} at epoch {best['epoch']}; run directory {out}")
+        best = history[-1] if cfg.select == "last" else max(history, key=lambda r: r["val_acc"])
+        print(f"done: best.safetensors holds epoch {best['epoch']} (val_acc {best['val_acc']:.4f}, --select {cfg.select}); "
+              f"run directory {out}")
     return 0
