@@ -24,17 +24,21 @@ VARIANTS = {
     "fp32": dict(amp="fp32", channels_last=False),          # plain PyTorch eager
     "fp32-cl": dict(amp="fp32", channels_last=True),
     "bf16-cl": dict(amp="bf16", channels_last=True),        # the engine's default on AVX-512 BF16 / AMX CPUs
+    "fp32-cl-compile": dict(amp="fp32", channels_last=True, compile=True),   # torch.compile (inductor): no faster to train on 2 AVX2 cores, so not in the engine
 }
 
 
 def measure(model_name: str, variant: str, batch_size: int, steps: int, augment: str, optimizer: str) -> dict:
     torch.manual_seed(0)
-    opts = VARIANTS[variant]
+    opts = dict(VARIANTS[variant])
+    compile_model = opts.pop("compile", False)
     cfg = TrainConfig(model=model_name, batch_size=batch_size, optimizer=optimizer, augment=augment, **opts)
     model = create_model(model_name)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3) if optimizer == "adam" else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    if compile_model:
+        model = torch.compile(model)   # the optimizer holds the same parameters; the warm-up below compiles
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (batch_size * steps, 48, 48), dtype=np.uint8))
     labels = torch.from_numpy(rng.integers(0, 7, batch_size * steps))
