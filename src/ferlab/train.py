@@ -38,6 +38,13 @@ from ferlab.errors import FerlabError
 from ferlab.tta import tta_probs
 
 
+# The allowed values of the config's string options: checked in TrainConfig, listed by --help.
+CHOICES = {"targets": ("hard", "soft"), "select": ("val_acc", "last"), "optimizer": ("adam", "sgd", "nadam", "adamw"),
+           "schedule": ("constant", "plateau", "cosine", "onecycle"), "plateau_monitor": ("val_acc", "val_loss"),
+           "early_stop_monitor": ("val_acc", "val_loss"), "class_weights": ("none", "balanced"),
+           "augment": tuple(AUGMENT_PRESETS), "teacher_tta": ("none", "flip"), "amp": ("auto", "bf16", "fp32")}
+
+
 def option(default, help: str):
     """A TrainConfig field whose help text `ferlab train --help` shows."""
     return field(default=default, metadata={"help": help})
@@ -48,33 +55,33 @@ class TrainConfig:
     model: str = option("fernet_s", "model name (see `ferlab models`)")
     data: str = option("", "data set: FER2013 CSV, image folder, ckplus:DIR or fergit:CSV,DIR")
     ferplus: str | None = option(None, "FER+ votes file (fer2013new.csv): train on FER+ labels")
-    targets: str = option("hard", "hard (majority label) | soft (FER+ vote distributions; needs --ferplus)")
+    targets: str = option("hard", "hard: majority labels; soft: FER+ vote distributions (needs --ferplus)")
     model_kwargs: dict = field(default_factory=dict)
     train_splits: str = option("auto", "comma-separated split names; auto: Training / PublicTest / PrivateTest")
     val_splits: str = option("auto", "split(s) validated on every epoch; auto: see --train-splits")
     test_splits: str = option("auto", "split(s) evaluated every epoch for the log only, never for selection")
-    select: str = option("val_acc", "the epoch best.safetensors holds: val_acc (the highest) | last (a fixed "
+    select: str = option("val_acc", "the epoch best.safetensors holds: the highest val_acc, or the last (a fixed "
                                     "schedule, e.g. when the validation split is also trained on)")
     epochs: int = option(30, "passes over the training split")
     batch_size: int = option(64, "faces per optimizer step")
-    optimizer: str = option("adam", "adam | sgd (Nesterov) | nadam | adamw")
+    optimizer: str = option("adam", "optimizer (sgd: with Nesterov momentum)")
     lr: float = option(1e-3, "learning rate (the peak of onecycle and cosine)")
     momentum: float = option(0.9, "SGD momentum")
     weight_decay: float = option(0.0, "weight decay")
-    schedule: str = option("constant", "constant | plateau | cosine | onecycle")
+    schedule: str = option("constant", "learning-rate schedule")
     warmup_epochs: float = option(0.0, "cosine only: linear warm-up epochs")
-    plateau_monitor: str = option("val_acc", "plateau: val_acc | val_loss")
+    plateau_monitor: str = option("val_acc", "plateau: the metric it watches")
     plateau_factor: float = option(0.1, "plateau: LR multiplier")
     plateau_patience: int = option(10, "plateau: epochs without improvement before the cut")
     min_lr: float = option(0.0, "plateau: the lowest LR")
-    early_stop_monitor: str = option("val_acc", "val_acc | val_loss")
+    early_stop_monitor: str = option("val_acc", "early stopping: the metric it watches")
     early_stop_patience: int = option(0, "stop after this many epochs without improvement; 0: off")
     train_fraction: float = option(1.0, "train on a seeded, class-stratified fraction of the train split")
     folds: int = option(0, "subject-independent k-fold split, k >= 3 (needs subject ids, e.g. CK+); 0: off")
     fold: int = option(0, "with --folds: this fold tests, the next one validates, the others train")
-    class_weights: str = option("none", "none | balanced (loss weights inverse to class frequency)")
+    class_weights: str = option("none", "balanced: loss weights inverse to class frequency")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
-    augment: str = option("none", f"augmentation preset: {' | '.join(AUGMENT_PRESETS)}")
+    augment: str = option("none", "augmentation preset (ferlab.augment)")
     mixup: float = option(0.0, "Beta(a, a) alpha of mixup; 0: off")
     cutmix: float = option(0.0, "Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)")
     ema: float = option(0.0, "decay of an exponential moving average of weights (evaluated and saved); 0: off")
@@ -83,21 +90,17 @@ class TrainConfig:
     init: str = option("", "fine-tuning: start from a trained model (run dir, weights, bundled name)")
     teacher: str = option("", "knowledge distillation: comma-separated models (run dirs, weights, bundled names, "
                               ".onnx) whose mean probabilities the student also learns")
-    teacher_tta: str = option("none", "the teacher's view of each training batch: none | flip (ferlab.tta)")
+    teacher_tta: str = option("none", "the teacher's view of each training batch (ferlab.tta)")
     distill_weight: float = option(0.5, "w in loss = (1 - w) * CE(labels) + w * T^2 * KL(teacher || student)")
     distill_temperature: float = option(4.0, "T: both distributions softened by logits / T")
-    amp: str = option("auto", "auto (bf16 where the device supports it) | bf16 | fp32")
+    amp: str = option("auto", "precision; auto: bf16 where the device supports it, else fp32")
     channels_last: bool = option(True, "channels_last memory layout (faster on CPUs)")
     seed: int = option(0, "seed of initialisation, data order, augmentation and splits")
     recipe: str | None = option(None, "a paper's protocol (see `ferlab recipes`)")
 
     def __post_init__(self):
-        choices = {"optimizer": ("adam", "sgd", "nadam", "adamw"), "schedule": ("constant", "plateau", "cosine", "onecycle"),
-                   "class_weights": ("none", "balanced"), "amp": ("auto", "bf16", "fp32"), "targets": ("hard", "soft"),
-                   "select": ("val_acc", "last"),
-                   "plateau_monitor": ("val_acc", "val_loss"), "early_stop_monitor": ("val_acc", "val_loss")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
+        for key, allowed in CHOICES.items():
+            if key != "augment" and getattr(self, key) not in allowed:   # augment: get_augment below
                 raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.train_fraction <= 1:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
@@ -108,8 +111,8 @@ class TrainConfig:
             raise FerlabError("--recalibrate-bn is a number of training faces: >= 0 (0: off)")
         if self.mixup < 0 or self.cutmix < 0:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
-        if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0 and self.teacher_tta in ("none", "flip")):
-            raise FerlabError("with --teacher: --distill-weight in (0, 1], --distill-temperature > 0 and --teacher-tta none or flip")
+        if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0):
+            raise FerlabError("with --teacher: --distill-weight in (0, 1] and --distill-temperature > 0")
         get_augment(self.augment)
 
 
@@ -636,7 +639,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if f.type is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None, help=text)
+            metavar = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else None
+            p.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None, help=text, metavar=metavar)
 
 
 def config_from_args(args) -> tuple[TrainConfig, Path]:
