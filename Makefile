@@ -30,7 +30,7 @@ browser:
 	fi
 
 test: venv browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
