@@ -319,7 +319,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     (["--model", "nosuchnet"], "unknown model"),
     (["--recipe", "nosuchpaper"], "unknown recipe"),
     (["--optimizer", "adagrad"], "--optimizer must be one of"),
-    (["--augment", "wild"], "unknown augmentation preset"),
+    (["--augment", "wild"], "--augment must be one of"),
     (["--mixup", "-1"], "--mixup and --cutmix are Beta alphas"),
 ])
 def test_bad_options_fail_in_one_line(toy_csv, tmp_path, extra, message):

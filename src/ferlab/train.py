@@ -100,7 +100,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for key, allowed in CHOICES.items():
-            if key != "augment" and getattr(self, key) not in allowed:   # augment: get_augment below
+            if getattr(self, key) not in allowed:
                 raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.train_fraction <= 1:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
@@ -113,7 +113,6 @@ class TrainConfig:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
         if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0):
             raise FerlabError("with --teacher: --distill-weight in (0, 1] and --distill-temperature > 0")
-        get_augment(self.augment)
 
 
 # ---------------------------------------------------------------------------------------------
