@@ -108,8 +108,15 @@ def test_killed_worker_is_retried_from_its_last_epoch(toy_csv, tmp_path, one_thr
 
 def test_two_workers_share_one_study(toy_csv, tmp_path, one_thread, capsys):
     args = tune_args(toy_csv, tmp_path, 6)
-    # both workers start at once on a new database: creating its tables must not race
     other = ferlab_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # Start this worker the moment the other one opens the new database (its lock file appears
+    # then), so that both create its tables at once and both are ready before trials run out;
+    # waiting for a blind start let the other worker's slow import miss every trial on CI.
+    lock_file = tmp_path / "tune.db.lock"
+    deadline = time.time() + 120
+    while not lock_file.exists() and other.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert lock_file.exists(), "the other worker never opened the study"
     assert main(args) == 0
     out, err = other.communicate(timeout=300)
     assert other.returncode == 0, err[-2000:]
