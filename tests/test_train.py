@@ -211,11 +211,11 @@ def test_init_fine_tunes_from_a_trained_model(toy_csv, tmp_path):
 
 def test_ema_warms_up_then_decays_at_the_configured_rate():
     from torch.optim.swa_utils import AveragedModel
-    from ferlab.train import ema_update_fn
+    from ferlab.train import average_update_fn
 
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
-    ema = AveragedModel(model, multi_avg_fn=ema_update_fn(0.998), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=average_update_fn(0.998), use_buffers=True)
     ema.update_parameters(model)  # the first update copies
     with torch.no_grad():
         model.weight.fill_(1.0)
@@ -228,6 +228,37 @@ def test_ema_warms_up_then_decays_at_the_configured_rate():
         model.weight.fill_(2.0)
     ema.update_parameters(model)
     assert ema.module.weight.item() == pytest.approx(1.002, abs=1e-5)   # late on: the configured decay
+
+
+def test_uniform_average_is_the_mean_of_all_updates():
+    from torch.optim.swa_utils import AveragedModel
+    from ferlab.train import average_update_fn
+
+    model = torch.nn.BatchNorm1d(1)
+    average = AveragedModel(model, multi_avg_fn=average_update_fn(None), use_buffers=True)
+    for value, batches in ((1.0, 5), (2.0, 6), (6.0, 9)):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        model.num_batches_tracked.fill_(batches)
+        average.update_parameters(model)
+    assert average.module.weight.item() == pytest.approx(3.0)
+    assert average.module.num_batches_tracked.item() == 9   # integer buffers follow the model
+
+
+def test_weight_average_of_the_last_epochs(toy_csv, tmp_path):
+    from ferlab.checkpoint import load_model
+    from ferlab.evaluate import predict_probs
+    from ferlab.train import load_run_data
+
+    cfg = tiny_config(toy_csv, epochs=4, average_from=0.5, select="last", ema=0.9, amp="fp32")
+    history = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    assert [("avg_val_acc" in r) for r in history] == [False, False, True, True]   # epochs 3 and 4
+    model, meta = load_model(str(tmp_path / "run" / "best.safetensors"))
+    assert meta["averaged_epochs"] == [3, 4] and meta["val_acc"] == history[-1]["avg_val_acc"]
+    val = load_run_data(cfg)[2]
+    assert float((predict_probs(model, val.images).argmax(1) == val.labels).mean()) == pytest.approx(meta["val_acc"])
+    with pytest.raises(FerlabError, match="--average-from"):
+        tiny_config(toy_csv, average_from=1.0)
 
 
 def test_early_stopping_and_plateau(toy_csv, tmp_path):
@@ -279,7 +310,7 @@ def test_class_weights_change_training(toy_csv, tmp_path):
 
 def test_killed_run_resumes_to_the_same_end(toy_csv, tmp_path):
     args = ["train", *TINY, "--data", toy_csv, "--epochs", 8, "--batch-size", 32, "--optimizer", "sgd", "--lr", 0.05,
-            "--schedule", "onecycle", "--augment", "fernet", "--ema", 0.9, "--label-smoothing", 0.1]
+            "--schedule", "onecycle", "--augment", "fernet", "--ema", 0.9, "--label-smoothing", 0.1, "--average-from", 0.25]
     ferlab(*args, "--out", tmp_path / "straight")
 
     killed = tmp_path / "killed"
@@ -297,7 +328,10 @@ def test_killed_run_resumes_to_the_same_end(toy_csv, tmp_path):
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(killed)
     assert len(resumed) == 8
     for s, r in zip(straight, resumed):
-        for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+        for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc", "avg_val_acc"):
+            if key == "avg_val_acc" and int(s["epoch"]) < 3:   # averaging starts after 25% of 8 epochs
+                assert s[key] == r[key] == ""
+                continue
             assert float(s[key]) == pytest.approx(float(r[key]), rel=1e-6, abs=1e-7), (s["epoch"], key)
 
 

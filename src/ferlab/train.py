@@ -85,6 +85,9 @@ class TrainConfig:
     mixup: float = option(0.0, "Beta(a, a) alpha of mixup; 0: off")
     cutmix: float = option(0.0, "Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)")
     ema: float = option(0.0, "decay of an exponential moving average of weights (evaluated and saved); 0: off")
+    average_from: float = option(0.0, "from this fraction of the epochs on, also keep a uniform average of the "
+                                      "evaluated weights (the EMA's, if on) of each epoch's end, a candidate for "
+                                      "best.safetensors like every epoch (stochastic weight averaging); 0: off")
     recalibrate_bn: int = option(0, "before each evaluation, recompute BatchNorm statistics on this many training "
                                     "faces with dropout off (ferlab.evaluate.recalibrate_batchnorm); 0: off")
     init: str = option("", "fine-tuning: start from a trained model (run dir, weights, bundled name)")
@@ -109,6 +112,8 @@ class TrainConfig:
             check_fold(self.folds, self.fold)
         if self.recalibrate_bn < 0:
             raise FerlabError("--recalibrate-bn is a number of training faces: >= 0 (0: off)")
+        if not 0 <= self.average_from < 1:
+            raise FerlabError("--average-from is a fraction of the epochs: in [0, 1) (0: off)")
         if self.mixup < 0 or self.cutmix < 0:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
         if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0):
@@ -241,21 +246,22 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def ema_update_fn(decay: float):
-    """EMA update for AveragedModel with a warm-up: at update n the decay is min(decay, (1 + n) / (10 + n)).
+def average_update_fn(decay: float | None):
+    """Update for AveragedModel: an EMA with a warm-up (decay at update n: min(decay, (1 + n) / (10 + n)))
+    or, with decay None, the uniform mean of all updates (weight 1 / (n + 1)).
 
-    Without it the average keeps (decay ** n) of the random initial weights: 33% after 560 steps at
-    0.998, so short runs and early epochs evaluate a broken model (measured: PublicTest stuck at
+    Without the warm-up the EMA keeps (decay ** n) of the random initial weights: 33% after 560 steps
+    at 0.998, so short runs and early epochs evaluate a broken model (measured: PublicTest stuck at
     18% for 10 epochs of a 56-step-per-epoch run while the raw model trained normally).
     """
     @torch.no_grad()
-    def update(ema_params, params, num_averaged):
+    def update(averaged, params, num_averaged):
         n = float(num_averaged)
-        if torch.is_floating_point(ema_params[0]):
-            torch._foreach_lerp_(ema_params, params, 1 - min(decay, (1 + n) / (10 + n)))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, params, 1 / (n + 1) if decay is None else 1 - min(decay, (1 + n) / (10 + n)))
         else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
-            for ema_param, param in zip(ema_params, params):
-                ema_param.copy_(param)
+            for a, p in zip(averaged, params):
+                a.copy_(p)
     return update
 
 
@@ -479,7 +485,8 @@ def fraction_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # The run
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "time_s"]
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "avg_val_acc", "avg_test_acc",
+                  "time_s"]
 
 
 def weights_meta(cfg: TrainConfig, classes, epoch: int, metrics: dict) -> dict:
@@ -523,6 +530,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     else:
         targets = torch.from_numpy(train.labels.astype(np.int64))
     val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels.astype(np.int64))
+    if test is not None:
+        test_images, test_labels = torch.from_numpy(test.images), torch.from_numpy(test.labels.astype(np.int64))
 
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(classes)}).to(device)
     if cfg.init and not resume:
@@ -530,7 +539,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     teachers = load_teachers(cfg, classes, device) if cfg.teacher else []   # after the student: same init as without
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=ema_update_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    ema = AveragedModel(model, multi_avg_fn=average_update_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     ddp_model = model
     if d.world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -540,6 +549,10 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
     stopper = EarlyStopping(cfg.early_stop_monitor, cfg.early_stop_patience)
     gen = torch.Generator().manual_seed(cfg.seed)
+    eval_model = ema.module if ema is not None else model
+    # --average-from: the uniform average of eval_model's weights at the end of epochs average_start..now.
+    average_start = int(round(cfg.average_from * cfg.epochs, 6)) + 1
+    average = AveragedModel(eval_model, multi_avg_fn=average_update_fn(None), use_buffers=True) if cfg.average_from else None
     history, best_acc, start_epoch = [], -1.0, 0
 
     if resume:
@@ -553,6 +566,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
             scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        if average is not None:
+            average.load_state_dict(state["average"])
         stopper.load_state_dict(state["early_stopping"])
         gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -560,7 +575,6 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         if d.main:
             log(f"resumed {out} after epoch {start_epoch}")
 
-    eval_model = ema.module if ema is not None else model
     machine = describe_machine(device)
     if d.main:
         log(f"training {cfg.model} on {len(images)} faces ({train.split_names()}), validating on {len(val_images)} "
@@ -586,9 +600,12 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         v = evaluate(eval_model, val_images, val_labels, device=device, cfg=cfg, class_weights=weights, dist=d)
         row.update(val_loss=v["loss"], val_acc=v["acc"])
         if test is not None:
-            t = evaluate(eval_model, torch.from_numpy(test.images), torch.from_numpy(test.labels.astype(np.int64)),
-                         device=device, cfg=cfg, dist=d)
-            row["test_acc"] = t["acc"]
+            row["test_acc"] = evaluate(eval_model, test_images, test_labels, device=device, cfg=cfg, dist=d)["acc"]
+        if average is not None and epoch >= average_start:
+            average.update_parameters(eval_model)
+            row["avg_val_acc"] = evaluate(average.module, val_images, val_labels, device=device, cfg=cfg, dist=d)["acc"]
+            if test is not None:
+                row["avg_test_acc"] = evaluate(average.module, test_images, test_labels, device=device, cfg=cfg, dist=d)["acc"]
         if scheduler is not None and not step_scheduler:
             scheduler.step(row[cfg.plateau_monitor])
         stopped = stopper.step(row)
@@ -598,18 +615,25 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         row["stopped"] = stopped
         history.append(row)
         if d.main:
-            if cfg.select == "last" or row["val_acc"] > best_acc:
-                best_acc = row["val_acc"]
-                save_weights(out / "best.safetensors", eval_model, {**weights_meta(cfg, classes, epoch, row), "trained_on": machine})
+            # The candidates for best.safetensors: this epoch's weights and, once it runs, the average.
+            candidates = [(row["val_acc"], eval_model, {})]
+            if "avg_val_acc" in row:
+                candidates.append((row["avg_val_acc"], average.module, {"averaged_epochs": [average_start, epoch]}))
+            acc, chosen, extra = candidates[-1] if cfg.select == "last" else max(candidates, key=lambda c: c[0])
+            if cfg.select == "last" or acc > best_acc:
+                best_acc = acc
+                meta = {**weights_meta(cfg, classes, epoch, {"val_acc": acc}), **extra, "trained_on": machine}
+                save_weights(out / "best.safetensors", chosen, meta)
             save_state(out / "last.pt", {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "ema": ema.state_dict() if ema is not None else None,
+                "average": average.state_dict() if average is not None else None,
                 "early_stopping": stopper.state_dict(), "epoch": epoch, "best_acc": best_acc, "history": history,
                 "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}, "config": asdict(cfg),
             })
             write_metrics(out, history, cfg)
-            test_part = f" test_acc {row['test_acc']:.4f}" if "test_acc" in row else ""
+            test_part = "".join(f" {k} {row[k]:.4f}" for k in ("test_acc", "avg_val_acc", "avg_test_acc") if k in row)
             log(f"epoch {epoch}: lr {row['lr']:.3g} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
                 f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}{test_part} ({row['time_s']:.0f}s)"
                 + (" - early stop" if stopped else ""))
@@ -710,7 +734,10 @@ def run(args) -> int:
             atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     history = fit(cfg, out, resume=args.resume, device=args.device)
     if int(os.environ.get("RANK", "0")) == 0 and history:
-        best = history[-1] if cfg.select == "last" else max(history, key=lambda r: r["val_acc"])
-        print(f"done: best.safetensors holds epoch {best['epoch']} (val_acc {best['val_acc']:.4f}, --select {cfg.select}); "
-              f"run directory {out}")
+        from ferlab.checkpoint import load_weights
+
+        meta = load_weights(out / "best.safetensors")[1]
+        averaged = meta.get("averaged_epochs")
+        what = f"the average of epochs {averaged[0]}-{averaged[1]}" if averaged else f"epoch {meta['epoch']}"
+        print(f"done: best.safetensors holds {what} (val_acc {meta['val_acc']:.4f}, --select {cfg.select}); run directory {out}")
     return 0
