@@ -105,10 +105,13 @@ def main() -> None:
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
         "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name}){train_labels}",
                  "selection": ("the last epoch (a fixed schedule; --select last)" if config.get("select") == "last"
-                               else f"best validation accuracy on {config['val_splits']}"),
+                               else f"best validation accuracy on {config['val_splits']}"
+                               + (" among the epochs and the running average of the later ones (--average-from "
+                                  f"{config['average_from']})" if config.get("average_from") else "")),
                  "test": f"PrivateTest ({len(test):,} rows in ferlab's copy{test_labels})"},
         "training": {"command": train_command(config), "config": config,
                      "epochs": len(rows), "best_epoch": meta.get("epoch"),
+                     **({"averaged_epochs": meta["averaged_epochs"]} if "averaged_epochs" in meta else {}),
                      "wall_time_minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1),
                      "privatetest_reached_no_tta": reached,
                      "machine": meta.get("trained_on", "not recorded"),
