@@ -1,9 +1,21 @@
-"""Synthetic FER data for tests: separable toy faces and a FER2013-layout CSV of them."""
+"""Synthetic FER data for tests: separable toy faces and a FER2013-layout CSV of them; and
+`wait_until`, how tests wait for another process."""
 
 import csv
+import time
 from pathlib import Path
 
 import numpy as np
+
+
+def wait_until(condition, timeout: float = 120, interval: float = 0.05) -> bool:
+    """Poll `condition()` until it is true (returns True) or `timeout` seconds pass (returns False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def synthetic_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

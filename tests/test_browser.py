@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from synthetic import wait_until
 
 CHROMIUM = os.environ.get("FERLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -33,6 +34,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def server(fernet_weights, tmp_path_factory):
     """`ferlab serve` on a free loopback port; yields its base URL."""
@@ -47,17 +56,8 @@ def server(fernet_weights, tmp_path_factory):
                                  "--threads", "1", "--detector", "mediapipe"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"ferlab serve did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        if not wait_until(lambda: proc.poll() is not None or healthy(url), timeout=30, interval=0.2) or proc.poll() is not None:
+            pytest.fail(f"ferlab serve did not start:\n{log.read_text()[-2000:]}")
         yield url
     finally:
         proc.terminate()

@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
 from ferlab.train import (TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, load_run_data,
                           load_with_splits, train_command)
-from synthetic import synthetic_faces, write_csv
+from synthetic import synthetic_faces, wait_until, write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
 
@@ -316,9 +315,7 @@ def test_killed_run_resumes_to_the_same_end(toy_csv, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "ferlab", *map(str, args), "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((killed / "metrics.csv").exists() and len(read_metrics(killed)) >= 2):
-        time.sleep(0.05)
+    wait_until(lambda: (killed / "metrics.csv").exists() and len(read_metrics(killed)) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = load_state(killed / "last.pt")["epoch"]

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from ferlab.cli import main  # noqa: E402
-from synthetic import write_csv  # noqa: E402
+from synthetic import wait_until, write_csv  # noqa: E402
 
 TINY_SPACE = '{"first_filters": [4, 8, 4], "max_filters": [8, 16, 8]}'
 ENV = {"OMP_NUM_THREADS": "1"}  # the machine is shared: one thread per worker
@@ -84,9 +83,7 @@ def test_killed_worker_is_retried_from_its_last_epoch(toy_csv, tmp_path, one_thr
     args[args.index("--epochs") + 1] = "3"
     proc = ferlab_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "runs" / "trial-0001" / "metrics.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
+    wait_until(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = metrics.read_text().splitlines()
@@ -113,9 +110,7 @@ def test_two_workers_share_one_study(toy_csv, tmp_path, one_thread, capsys):
     # then), so that both create its tables at once and both are ready before trials run out;
     # waiting for a blind start let the other worker's slow import miss every trial on CI.
     lock_file = tmp_path / "tune.db.lock"
-    deadline = time.time() + 120
-    while not lock_file.exists() and other.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: lock_file.exists() or other.poll() is not None, interval=0.01)
     assert lock_file.exists(), "the other worker never opened the study"
     assert main(args) == 0
     out, err = other.communicate(timeout=300)
