@@ -96,6 +96,9 @@ def plot_curves(rows: list[dict], path, title: str = "") -> None:
         ax.plot(epochs, [float(r[f"val_{key}"]) for r in rows], label="validation")
         if key == "acc" and rows and rows[0].get("test_acc") not in (None, ""):
             ax.plot(epochs, [float(r["test_acc"]) for r in rows], label="test", linestyle="--")
+        averaged = [(r["epoch"], float(r["avg_val_acc"])) for r in rows if r.get("avg_val_acc") not in (None, "")]
+        if key == "acc" and averaged:   # --average-from
+            ax.plot(*zip(*averaged), label="validation, weight average", linestyle=":")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss" if key == "loss" else "accuracy")
         ax.grid(alpha=0.3)
