@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from ferlab.checkpoint import load_weights  # noqa: E402
 from ferlab.train import TrainConfig  # noqa: E402
 
 # One change each from the recipe, as `ferlab train` options.
@@ -47,16 +48,15 @@ def run_variant(name: str, a) -> dict:
     subprocess.run(cmd, check=True)
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    # The weights best.safetensors holds: each epoch's and, with --average-from, the running average's.
-    candidates = []
-    for r in rows:
-        candidates.append((float(r["val_acc"]), float(r["test_acc"]), r["epoch"]))
-        if r.get("avg_val_acc"):
-            candidates.append((float(r["avg_val_acc"]), float(r["avg_test_acc"]), f"average to {r['epoch']}"))
-    val_acc, test_acc, best_epoch = max(candidates, key=lambda c: c[0])
+    # What best.safetensors holds, as the run chose it: an epoch's weights or a running average's.
+    meta = load_weights(out / "best.safetensors")[1]
+    row = next(r for r in rows if int(r["epoch"]) == meta["epoch"])
+    averaged = meta.get("averaged_epochs")
+    best_epoch = f"average of {averaged[0]}-{averaged[1]}" if averaged else meta["epoch"]
+    test_acc = float(row["avg_test_acc" if averaged else "test_acc"])
     cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
     return {"variant": name, "options": " ".join(VARIANTS[name]) or "(recipe)", "epochs": len(rows),
-            "best_epoch": best_epoch, "publictest_acc": round(val_acc, 4), "privatetest_acc": round(test_acc, 4),
+            "best_epoch": best_epoch, "publictest_acc": round(meta["val_acc"], 4), "privatetest_acc": round(test_acc, 4),
             "minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1), "train_faces_fraction": cfg.train_fraction}
 
 
