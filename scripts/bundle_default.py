@@ -34,7 +34,8 @@ from ferlab.evaluate import predict_probs
 from ferlab.export import DEFAULT_OPSET, create_session, dataset_faces, export_model, onnx_probabilities, quantize_int8, to_onnx
 from ferlab.metrics import classification_report, first_reached
 from ferlab.models import count_parameters
-from ferlab.train import load_with_splits, train_command
+from ferlab.data import load_with_splits
+from ferlab.train import train_command
 
 
 def onnx_accuracy(model, data: str, test) -> dict:

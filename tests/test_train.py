@@ -23,8 +23,8 @@ from ferlab.errors import FerlabError
 from ferlab.evaluate import batchnorm_check, predict_probs
 from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
-from ferlab.train import (TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, load_run_data,
-                          load_with_splits, train_command)
+from ferlab.data import load_run_data, load_with_splits
+from ferlab.train import TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, train_command
 from synthetic import synthetic_faces, wait_until, write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
@@ -118,7 +118,7 @@ def test_recalibrated_batchnorm_during_training_selects_and_saves_what_eval_mode
 
 
 def test_train_fraction_keeps_a_seeded_stratified_share():
-    from ferlab.train import fraction_mask
+    from ferlab.data import fraction_mask
 
     counts = [40, 4, 30, 80, 50, 20, 60]
     labels = np.random.default_rng(0).permutation(np.repeat(np.arange(7), counts))
@@ -247,7 +247,7 @@ def test_uniform_average_is_the_mean_of_all_updates():
 def test_weight_average_of_the_last_epochs(toy_csv, tmp_path):
     from ferlab.checkpoint import load_model
     from ferlab.evaluate import predict_probs
-    from ferlab.train import load_run_data
+    from ferlab.data import load_run_data
 
     cfg = tiny_config(toy_csv, epochs=4, average_from=0.5, select="last", ema=0.9, amp="fp32")
     history = fit(cfg, tmp_path / "run", log=lambda *a: None)

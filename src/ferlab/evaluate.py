@@ -92,7 +92,7 @@ def batchnorm_check(run: Path, cfg, *, max_images: int = 4096, seed: int = 0, de
     again after recalibrate_batchnorm on up to max_images of its training faces; None without BN layers."""
     from ferlab.checkpoint import load_state
     from ferlab.models import create_model
-    from ferlab.train import load_run_data
+    from ferlab.data import load_run_data
 
     data, train, val, test = load_run_data(cfg)
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(data.classes)})
@@ -174,7 +174,8 @@ def fill_data_options(args) -> None:
 
 def run(args) -> int:
     from ferlab.metrics import classification_report, plot_confusion, report_markdown
-    from ferlab.train import default_splits, load_with_splits, resolve_device
+    from ferlab.data import default_splits, load_with_splits
+    from ferlab.train import resolve_device
 
     fill_data_options(args)
     device = resolve_device(args.device)

@@ -167,7 +167,7 @@ class Reproduction:
 
     def dataset(self, spec: str):
         """The data set with its splits, loaded once per reproduction."""
-        from ferlab.train import load_with_splits
+        from ferlab.data import load_with_splits
         if spec not in self._datasets:
             self._datasets[spec] = load_with_splits(spec, seed=self.seed)
         return self._datasets[spec]
@@ -230,7 +230,8 @@ class Reproduction:
         """Classification report of the run's best weights on its test split (its validation split if it has none)."""
         from ferlab.evaluate import evaluate_models
         from ferlab.metrics import classification_report
-        from ferlab.train import load_run_data, resolve_device
+        from ferlab.data import load_run_data
+        from ferlab.train import resolve_device
 
         data, _, val, test = load_run_data(cfg)
         subset = test if test is not None else val
@@ -384,7 +385,7 @@ def triwijoyo2021(r: Reproduction) -> None:
     if epochs < 20:
         r.reductions.append(f"{epochs} of the paper's 20 epochs for each model")
     if fraction < 1:
-        from ferlab.train import fraction_mask
+        from ferlab.data import fraction_mask
 
         n_train = int(fraction_mask(r.dataset(data).select("Training,PublicTest").labels, fraction, r.seed).sum())
         r.reductions.append(f"trained on a stratified {100 * fraction:.0f}% of Training+PublicTest ({n_train:,} faces): "

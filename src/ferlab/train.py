@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ferlab.augment import AUGMENT_PRESETS, apply_augment, get_augment, mix_batch, sample_params
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_state, save_state, save_weights
+from ferlab.data import load_run_data
 from ferlab.errors import FerlabError
 from ferlab.tta import tta_probs
 
@@ -433,53 +434,6 @@ def evaluate(model, images, labels, *, device, cfg: TrainConfig, class_weights=N
     correct = (logits.argmax(1) == labels).sum().item() if len(labels) else 0
     loss, correct, n = all_reduce_sum([loss, correct, len(labels)], dist)
     return {"loss": loss / max(n, 1), "acc": correct / max(n, 1)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Data for a run
-
-def default_splits(split_names: list[str]) -> tuple[str, str, str]:
-    if "Training" in split_names:
-        return "Training", "PublicTest", "PrivateTest"
-    if "train" in split_names:
-        val = "val" if "val" in split_names else "test"
-        return "train", val, "test" if "test" in split_names and val != "test" else ""
-    return "", "", ""
-
-
-def load_with_splits(spec: str, ferplus: str | None = None, seed: int = 0, folds: int = 0, fold: int = 0):
-    """load_dataset, split as fold `fold` of a subject-independent `folds`-fold cross-validation when
-    folds > 0, else with a seeded stratified 90/5/5 train/val/test split for data that has none."""
-    from ferlab.data import apply_random_split, apply_subject_fold, load_dataset
-
-    data = load_dataset(spec, ferplus=ferplus, seed=seed)
-    if folds:
-        return apply_subject_fold(data, folds, fold, seed)
-    return apply_random_split(data, seed=seed) if data.split_names() == ["all"] else data
-
-
-def load_run_data(cfg: TrainConfig):
-    """Returns (dataset, train, val, test-or-None) FaceDatasets for the config."""
-    data = load_with_splits(cfg.data, cfg.ferplus, cfg.seed, cfg.folds, cfg.fold)
-    names = data.split_names()
-    auto = default_splits(names)
-    train_s = auto[0] if cfg.train_splits == "auto" else cfg.train_splits
-    val_s = auto[1] if cfg.val_splits == "auto" else cfg.val_splits
-    test_s = auto[2] if cfg.test_splits == "auto" else cfg.test_splits
-    if not train_s or not val_s:
-        raise FerlabError(f"{cfg.data}: cannot tell which splits to train and validate on (have: {', '.join(names)}); "
-                          "pass --train-splits and --val-splits")
-    train = data.select(train_s)
-    if cfg.train_fraction < 1:
-        train = train.subset(fraction_mask(train.labels, cfg.train_fraction, cfg.seed))
-    return data, train, data.select(val_s), data.select(test_s) if test_s else None
-
-
-def fraction_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """--train-fraction: which faces a seeded, class-stratified `fraction` of the train split keeps."""
-    from ferlab.data.splits import stratified_split
-
-    return stratified_split(labels, (fraction, 1 - fraction), seed, names=("keep", "drop")) == "keep"
 
 
 # ---------------------------------------------------------------------------------------------

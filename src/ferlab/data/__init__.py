@@ -9,10 +9,12 @@ folders (image trees), splits (random/stratified splits, subject k-fold), cache 
 from ferlab.data.dataset import FaceDataset
 from ferlab.data.fer2013 import apply_ferplus, load_fer2013_csv
 from ferlab.data.folders import load_image_folders
-from ferlab.data.load import load_dataset, load_fergit
-from ferlab.data.splits import apply_random_split, apply_subject_fold, stratified_split, subject_kfold
+from ferlab.data.load import load_dataset, load_fergit, load_run_data, load_with_splits
+from ferlab.data.splits import (apply_random_split, apply_subject_fold, default_splits, fraction_mask, stratified_split,
+                                subject_kfold)
 
 __all__ = [
     "FaceDataset", "load_dataset", "load_fer2013_csv", "apply_ferplus", "load_image_folders", "load_fergit",
-    "stratified_split", "subject_kfold", "apply_random_split", "apply_subject_fold",
+    "stratified_split", "subject_kfold", "apply_random_split", "apply_subject_fold", "default_splits", "fraction_mask",
+    "load_with_splits", "load_run_data",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 from ferlab.data.dataset import FaceDataset
 from ferlab.data.fer2013 import apply_ferplus, load_fer2013_csv
 from ferlab.data.folders import load_image_folders
-from ferlab.data.splits import stratified_split
+from ferlab.data.splits import apply_random_split, apply_subject_fold, default_splits, fraction_mask, stratified_split
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, LABEL_SPACES
 
@@ -88,3 +88,30 @@ def load_fergit(csv, image_dir, seed: int = 0, fractions=FERGIT_FRACTIONS, cache
         source=f"fergit:{csv},{image_dir}", origins=origins,
         extra={"cached": bool(fer.extra.get("cached") and folders.extra.get("cached")), "seed": seed},
     )
+
+
+def load_with_splits(spec: str, ferplus: str | None = None, seed: int = 0, folds: int = 0, fold: int = 0) -> FaceDataset:
+    """load_dataset, split as fold `fold` of a subject-independent `folds`-fold cross-validation when
+    folds > 0, else with a seeded stratified 90/5/5 train/val/test split for data that has none."""
+    data = load_dataset(spec, ferplus=ferplus, seed=seed)
+    if folds:
+        return apply_subject_fold(data, folds, fold, seed)
+    return apply_random_split(data, seed=seed) if data.split_names() == ["all"] else data
+
+
+def load_run_data(cfg):
+    """(dataset, train, val, test-or-None) FaceDatasets for a training config (ferlab.train.TrainConfig:
+    data, ferplus, seed, folds, fold, train/val/test_splits, train_fraction)."""
+    data = load_with_splits(cfg.data, cfg.ferplus, cfg.seed, cfg.folds, cfg.fold)
+    names = data.split_names()
+    auto = default_splits(names)
+    train_s = auto[0] if cfg.train_splits == "auto" else cfg.train_splits
+    val_s = auto[1] if cfg.val_splits == "auto" else cfg.val_splits
+    test_s = auto[2] if cfg.test_splits == "auto" else cfg.test_splits
+    if not train_s or not val_s:
+        raise FerlabError(f"{cfg.data}: cannot tell which splits to train and validate on (have: {', '.join(names)}); "
+                          "pass --train-splits and --val-splits")
+    train = data.select(train_s)
+    if cfg.train_fraction < 1:
+        train = train.subset(fraction_mask(train.labels, cfg.train_fraction, cfg.seed))
+    return data, train, data.select(val_s), data.select(test_s) if test_s else None

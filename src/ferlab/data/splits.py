@@ -126,3 +126,18 @@ def apply_subject_fold(dataset: FaceDataset, k: int, fold: int, seed: int = 0) -
         raise FerlabError(f"{dataset.source}: subject folds need subject ids, and this data has none "
                           "(CK+ folders with file names S<subject>_<sequence>_<frame>, e.g. ckplus:CK+48)")
     return replace(dataset, splits=subject_fold_splits(dataset.groups, dataset.labels, k, fold, seed), extra=dict(dataset.extra))
+
+
+def default_splits(split_names: list[str]) -> tuple[str, str, str]:
+    """The (train, val, test) split names a data set's own splits imply; "" where there is none."""
+    if "Training" in split_names:
+        return "Training", "PublicTest", "PrivateTest"
+    if "train" in split_names:
+        val = "val" if "val" in split_names else "test"
+        return "train", val, "test" if "test" in split_names and val != "test" else ""
+    return "", "", ""
+
+
+def fraction_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """--train-fraction: which faces a seeded, class-stratified `fraction` of the train split keeps."""
+    return stratified_split(labels, (fraction, 1 - fraction), seed, names=("keep", "drop")) == "keep"
