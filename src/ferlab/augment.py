@@ -23,6 +23,12 @@ class AugmentConfig:
     zoom: float = 0.0           # scale uniform in [1 - z, 1 + z]
     brightness: float = 0.0     # multiply pixels by uniform [1 - b, 1 + b]
     erasing: float = 0.0        # probability of erasing one random rectangle (2-25% of the area)
+    # Photometric changes, for faces from cameras and photos rather than FER2013's crops:
+    contrast: float = 0.0       # scale deviations from the image mean by uniform [1 - c, 1 + c]
+    gamma: float = 0.0          # pixels ** g, log g uniform in [-log(1 + gamma), log(1 + gamma)]
+    blur: float = 0.0           # probability of a Gaussian blur, sigma uniform in [0.3, 1.5] px
+    noise: float = 0.0          # Gaussian noise, std uniform in [0, noise] (pixels in [0, 1])
+    jpeg: float = 0.0           # probability of JPEG compression (8x8 DCT quantisation), quality 15-90
 
     def is_identity(self) -> bool:
         return self == AugmentConfig()
@@ -39,7 +45,13 @@ AUGMENT_PRESETS = {
     # li2023 says "data augmentation" without details: the common flip + small affine.
     "li2023": AugmentConfig(flip=True, rotation=10, shift=0.1, zoom=0.1),
     "fernet": AugmentConfig(flip=True, rotation=10, shift=0.1, zoom=0.1, erasing=0.5),
+    # fernet's, widened to how faces reach the model from a detector (box offset and scale, tilted
+    # heads) and from cameras (exposure, contrast, blur, sensor noise, JPEG).
+    "robust": AugmentConfig(flip=True, rotation=15, shift=0.12, zoom=0.15, erasing=0.5, brightness=0.3,
+                            contrast=0.3, gamma=0.4, blur=0.3, noise=0.04, jpeg=0.3),
 }
+
+PHOTOMETRIC = ("contrast", "gamma", "blur", "noise", "jpeg")
 
 
 def get_augment(name: str) -> AugmentConfig:
@@ -53,8 +65,9 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Ten
 
 
 def sample_params(cfg: AugmentConfig, n: int, gen: torch.Generator) -> dict:
-    """Draw every random number for a batch of n images (always the same count of draws)."""
-    return {
+    """Draw every random number for a batch of n images (always the same count of draws for a
+    config; the photometric draws only where the config uses them, so older presets draw as before)."""
+    params = {
         "flip": torch.rand(n, generator=gen) < (0.5 if cfg.flip else 0.0),
         "angle": _uniform(n, -cfg.rotation, cfg.rotation, gen) * (math.pi / 180),
         "scale": _uniform(n, 1 - cfg.zoom, 1 + cfg.zoom, gen),
@@ -67,6 +80,18 @@ def sample_params(cfg: AugmentConfig, n: int, gen: torch.Generator) -> dict:
         "erase_cx": torch.rand(n, generator=gen),
         "erase_cy": torch.rand(n, generator=gen),
     }
+    if any(getattr(cfg, name) for name in PHOTOMETRIC):
+        params.update({
+            "contrast": _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, gen),
+            "gamma": torch.exp(_uniform(n, -math.log1p(cfg.gamma), math.log1p(cfg.gamma), gen)),
+            "blur": torch.rand(n, generator=gen) < cfg.blur,
+            "blur_sigma": _uniform(n, 0.3, 1.5, gen),
+            "noise_std": _uniform(n, 0.0, cfg.noise, gen),
+            "noise_seed": torch.randint(0, 2**31 - 1, (1,), generator=gen),
+            "jpeg": torch.rand(n, generator=gen) < cfg.jpeg,
+            "jpeg_quality": _uniform(n, 15, 90, gen),
+        })
+    return params
 
 
 def apply_augment(cfg: AugmentConfig, x: torch.Tensor, p: dict) -> torch.Tensor:
@@ -90,6 +115,8 @@ def apply_augment(cfg: AugmentConfig, x: torch.Tensor, p: dict) -> torch.Tensor:
             x = torch.where(p["flip"].view(b, 1, 1, 1), x.flip(3), x)
     if cfg.brightness:
         x = (x * p["bright"].view(b, 1, 1, 1).to(x.dtype)).clamp_(0, 1)
+    if any(getattr(cfg, name) for name in PHOTOMETRIC):
+        x = photometric(cfg, x, p)
     if cfg.erasing:
         ratio = torch.exp(p["erase_logratio"])
         eh = (torch.sqrt(p["erase_area"] * ratio) * h).clamp(max=h)
@@ -102,6 +129,69 @@ def apply_augment(cfg: AugmentConfig, x: torch.Tensor, p: dict) -> torch.Tensor:
                 & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1)) & p["erase"].view(b, 1, 1))
         x = x.masked_fill(mask.unsqueeze(1), 0.5)  # mid-grey: the mean pixel, no extra randomness
     return x
+
+
+def photometric(cfg: AugmentConfig, x: torch.Tensor, p: dict) -> torch.Tensor:
+    """Contrast, gamma, blur, noise and JPEG artefacts, each with its own per-image parameters."""
+    b = x.shape[0]
+    view = (b, 1, 1, 1)
+    if cfg.contrast:
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = ((x - mean) * p["contrast"].view(view).to(x.dtype) + mean).clamp_(0, 1)
+    if cfg.gamma:
+        x = x.clamp(1e-4, 1).pow(p["gamma"].view(view).to(x.dtype))
+    if cfg.blur:
+        x = torch.where(p["blur"].view(view), gaussian_blur(x, p["blur_sigma"]), x)
+    if cfg.noise:
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(int(p["noise_seed"][0])))
+        x = (x + noise.to(x.device, x.dtype) * p["noise_std"].view(view).to(x.dtype)).clamp_(0, 1)
+    if cfg.jpeg:
+        x = torch.where(p["jpeg"].view(view), jpeg_compress(x, p["jpeg_quality"]), x)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Separable Gaussian blur of each image (B, 1, H, W) with its own sigma (B,): one grouped conv per axis."""
+    b, c, h, w = x.shape
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma.to(x.device, x.dtype).view(b, 1)) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)   # (B*C, 2r+1)
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kernel.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kernel.view(b * c, 1, -1, 1), groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+# JPEG's luminance quantisation table (ITU-T T.81, Annex K), for quality 50.
+_JPEG_LUMA = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+
+
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    k, i = torch.meshgrid(torch.arange(n, dtype=torch.float64), torch.arange(n, dtype=torch.float64), indexing="ij")
+    m = torch.cos((2 * i + 1) * k * math.pi / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m.float()
+
+
+_DCT = _dct_matrix()
+
+
+def jpeg_compress(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """What baseline JPEG does to a grayscale image (B, 1, H, W), H and W multiples of 8: 8x8 block
+    DCT, quantisation with the standard luminance table scaled to each image's quality (IJG
+    scaling), inverse DCT. The lossless entropy coding is left out: it changes no pixel."""
+    b, c, h, w = x.shape
+    q = quality.to(x.device, torch.float32).view(b, 1, 1, 1, 1, 1)
+    scale = torch.where(q < 50, 5000 / q, 200 - 2 * q)
+    table = ((_JPEG_LUMA.to(x.device) * scale + 50) / 100).floor().clamp(min=1)   # (B, 1, 1, 1, 8, 8)
+    dct = _DCT.to(x.device)
+    blocks = (x.float() * 255 - 128).reshape(b, c, h // 8, 8, w // 8, 8).transpose(3, 4)   # (B, C, H/8, W/8, 8, 8)
+    coeffs = dct @ blocks @ dct.T
+    blocks = dct.T @ (torch.round(coeffs / table) * table) @ dct
+    return ((blocks.transpose(3, 4).reshape(b, c, h, w) + 128) / 255).clamp(0, 1).to(x.dtype)
 
 
 def mix_batch(x: torch.Tensor, mixup: float, cutmix: float, gen: torch.Generator) -> tuple[torch.Tensor, float]:

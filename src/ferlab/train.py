@@ -54,9 +54,15 @@ def option(default, help: str):
 @dataclass
 class TrainConfig:
     model: str = option("fernet_s", "model name (see `ferlab models`)")
-    data: str = option("", "data set: FER2013 CSV, image folder, ckplus:DIR or fergit:CSV,DIR")
-    ferplus: str | None = option(None, "FER+ votes file (fer2013new.csv): train on FER+ labels")
+    data: str | list = option("", "data set: FER2013 CSV, image folder, ckplus:DIR or fergit:CSV,DIR; given several "
+                                  "times, a mix of data sets in FER2013's 7 classes, each split on its own (data/mix.py)")
+    ferplus: str | None = option(None, "FER+ votes file (fer2013new.csv): train on FER+ labels (in a mix: FER+ vote "
+                                       "distributions over the 7 classes for the FER2013 rows, used with --targets soft)")
     targets: str = option("hard", "hard: majority labels; soft: FER+ vote distributions (needs --ferplus)")
+    source_weights: str = option("", "in a mix: NAME=W,... multiplies the chance each face of source NAME is drawn "
+                                     "(faces are then drawn with replacement); unnamed sources 1")
+    logit_adjust: float = option(0.0, "tau of logit-adjusted loss (Menon et al. 2021): the loss sees logits + "
+                                      "tau * log(class prior of the training faces); predictions do not; 0: off")
     model_kwargs: dict = field(default_factory=dict)
     train_splits: str = option("auto", "comma-separated split names; auto: Training / PublicTest / PrivateTest")
     val_splits: str = option("auto", "split(s) validated on every epoch; auto: see --train-splits")
@@ -103,6 +109,10 @@ class TrainConfig:
     recipe: str | None = option(None, "a paper's protocol (see `ferlab recipes`)")
 
     def __post_init__(self):
+        if isinstance(self.data, (list, tuple)):
+            self.data = list(self.data) if len(self.data) > 1 else (self.data[0] if self.data else "")
+        if self.source_weights:
+            parse_source_weights(self.source_weights)
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise FerlabError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, key)!r}")
@@ -119,6 +129,20 @@ class TrainConfig:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
         if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0):
             raise FerlabError("with --teacher: --distill-weight in (0, 1] and --distill-temperature > 0")
+
+
+def parse_source_weights(text: str) -> dict[str, float]:
+    """--source-weights NAME=W,... -> {name: weight}."""
+    weights = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.rpartition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name or weights[name] < 0:
+            raise FerlabError(f"--source-weights takes NAME=W,... with weights >= 0, not {item!r}")
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,16 +388,25 @@ def distillation_loss(logits, x, teachers, cfg: TrainConfig) -> torch.Tensor:
 
 
 def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, device, gen, scheduler=None,
-                    step_scheduler=False, class_weights=None, ema=None, teachers=(), dist=Dist(), desc="train") -> dict:
-    """One pass over the training set in a seeded random order; returns mean loss and accuracy."""
+                    step_scheduler=False, class_weights=None, ema=None, teachers=(), dist=Dist(), desc="train",
+                    sample_weights=None, logit_offset=None) -> dict:
+    """One pass over the training set in a seeded random order; returns mean loss and accuracy.
+
+    sample_weights (N,): draw len(images) faces with replacement, each with chance proportional to its
+    weight (--source-weights), instead of a permutation. logit_offset (C,): added to the logits the
+    loss sees (--logit-adjust), not to those accuracy counts."""
     model.train()
     augment = get_augment(cfg.augment)
     dtype = autocast_dtype(cfg.amp, device)
-    order = torch.randperm(len(images), generator=gen)
+    if sample_weights is None:
+        order = torch.randperm(len(images), generator=gen)
+    else:
+        order = torch.multinomial(sample_weights, len(images), replacement=True, generator=gen)
     if 0 < len(order) % cfg.batch_size <= dist.world < len(order):
         order = order[:-(len(order) % cfg.batch_size)]  # a last batch of one face per process breaks BatchNorm
     n_batches = math.ceil(len(order) / cfg.batch_size)
     weight = None if class_weights is None else class_weights.to(device)
+    offset = 0.0 if logit_offset is None else logit_offset.to(device)
     loss_sum = correct = seen = 0.0
     bar = tqdm(range(n_batches), desc=desc, leave=False, disable=not dist.main, mininterval=1 if sys.stderr.isatty() else 30)
     for b in bar:
@@ -390,9 +423,10 @@ def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, devi
             logits = model(x)
             distill = distillation_loss(logits.float(), x, teachers, cfg) if teachers else None
         logits = logits.float()
-        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
+        loss = F.cross_entropy(logits + offset, y, weight=weight, label_smoothing=cfg.label_smoothing)
         if lam < 1.0:
-            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y.flip(0), weight=weight, label_smoothing=cfg.label_smoothing)
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits + offset, y.flip(0), weight=weight,
+                                                            label_smoothing=cfg.label_smoothing)
         if distill is not None:
             loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * distill
         optimizer.zero_grad(set_to_none=True)
@@ -426,6 +460,22 @@ def predict_logits(model, images: torch.Tensor, *, device, batch_size: int = 256
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
+def evaluate_split(model, split, *, device, cfg: TrainConfig, class_weights=None, dist=Dist()) -> dict:
+    """evaluate() on a FaceDataset; for a mix of sources also each source's accuracy ("acc_<source>")."""
+    origins = split.origins if split.origins is not None else np.full(len(split), "")
+    sources = list(dict.fromkeys(origins.tolist()))
+    pooled, per_source = {"loss": 0.0, "acc": 0.0}, {}
+    for source in sources:
+        rows = origins == source
+        result = evaluate(model, torch.from_numpy(split.images[rows]), torch.from_numpy(split.labels[rows].astype(np.int64)),
+                          device=device, cfg=cfg, class_weights=class_weights, dist=dist)
+        for key in pooled:   # plain floats: the history goes into last.pt, which loads with weights_only
+            pooled[key] += float(result[key]) * int(rows.sum()) / max(len(split), 1)
+        if len(sources) > 1:
+            per_source[f"acc_{source}"] = result["acc"]
+    return {**pooled, **per_source}
+
+
 def evaluate(model, images, labels, *, device, cfg: TrainConfig, class_weights=None, dist=Dist()) -> dict:
     """Loss and accuracy on a split; each rank takes a 1/N slice and the sums are combined."""
     images, labels = images[dist.rank::dist.world], labels[dist.rank::dist.world]
@@ -443,6 +493,13 @@ METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc
                   "time_s"]
 
 
+def data_names(data: str | list) -> str:
+    """A run's data by file name (where the files live differs per machine); a mix joined by " + "."""
+    specs = data if isinstance(data, list) else [data]
+    return " + ".join(spec.partition(":")[0] + ":" + Path(spec.partition(":")[2]).name
+                      if ":" in spec and not Path(spec).exists() else Path(spec).name for spec in specs)
+
+
 def weights_meta(cfg: TrainConfig, classes, epoch: int, metrics: dict) -> dict:
     return {"model": cfg.model, "model_kwargs": {**cfg.model_kwargs, "num_classes": len(classes)},
             "classes": list(classes), "epoch": epoch, "val_acc": metrics["val_acc"], "recipe": cfg.recipe,
@@ -451,13 +508,14 @@ def weights_meta(cfg: TrainConfig, classes, epoch: int, metrics: dict) -> dict:
 
 def write_metrics(out: Path, history: list[dict], cfg: TrainConfig) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    per_source = sorted({k for row in history for k in row if k.startswith(("val_acc_", "test_acc_"))})
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS + per_source, extrasaction="ignore")
     writer.writeheader()
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write_text(out / "metrics.csv", buf.getvalue())
     from ferlab.metrics import plot_curves
-    plot_curves(history, out / "curves.png", title=f"{cfg.recipe or cfg.model} on {Path(cfg.data).name}")
+    plot_curves(history, out / "curves.png", title=f"{cfg.recipe or cfg.model} on {data_names(cfg.data)}")
 
 
 def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto", log=print,
@@ -483,9 +541,20 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         targets = torch.from_numpy(train.soft_labels.astype(np.float32))
     else:
         targets = torch.from_numpy(train.labels.astype(np.int64))
-    val_images, val_labels = torch.from_numpy(val.images), torch.from_numpy(val.labels.astype(np.int64))
-    if test is not None:
-        test_images, test_labels = torch.from_numpy(test.images), torch.from_numpy(test.labels.astype(np.int64))
+    sample_weights = None
+    if cfg.source_weights:
+        if train.origins is None:
+            raise FerlabError("--source-weights weights the sources of a mix: give several --data")
+        named = parse_source_weights(cfg.source_weights)
+        unknown = set(named) - set(train.origins.tolist())
+        if unknown:
+            raise FerlabError(f"--source-weights names {', '.join(sorted(unknown))}, not a source of this mix "
+                              f"({', '.join(dict.fromkeys(train.origins.tolist()))})")
+        sample_weights = torch.tensor([named.get(o, 1.0) for o in train.origins.tolist()], dtype=torch.float64)
+    logit_offset = None
+    if cfg.logit_adjust:
+        prior = np.bincount(train.labels, minlength=len(classes)) / len(train)
+        logit_offset = torch.tensor(cfg.logit_adjust * np.log(np.maximum(prior, 1e-12)), dtype=torch.float32)
 
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(classes)}).to(device)
     if cfg.init and not resume:
@@ -531,7 +600,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
 
     machine = describe_machine(device)
     if d.main:
-        log(f"training {cfg.model} on {len(images)} faces ({train.split_names()}), validating on {len(val_images)} "
+        log(f"training {cfg.model} on {len(images)} faces ({train.split_names()}), validating on {len(val)} "
             f"({val.split_names()}); {steps_per_epoch} steps/epoch on {device}, {d.world} process(es), "
             f"autocast {autocast_dtype(cfg.amp, device)}; {machine}")
     bn_faces = None
@@ -546,20 +615,22 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(ddp_model, optimizer, images, targets, cfg, device=device, gen=gen, scheduler=scheduler,
                                    step_scheduler=step_scheduler, class_weights=weights, ema=ema, teachers=teachers, dist=d,
-                                   desc=f"epoch {epoch}/{cfg.epochs}"))
+                                   desc=f"epoch {epoch}/{cfg.epochs}", sample_weights=sample_weights,
+                                   logit_offset=logit_offset))
         if ema is not None and d.world > 1:
             pass  # every rank holds identical weights after the DDP step, so its EMA is identical too
         if bn_faces is not None:
             recalibrate_batchnorm(eval_model, bn_faces, device=device)
-        v = evaluate(eval_model, val_images, val_labels, device=device, cfg=cfg, class_weights=weights, dist=d)
-        row.update(val_loss=v["loss"], val_acc=v["acc"])
+        v = evaluate_split(eval_model, val, device=device, cfg=cfg, class_weights=weights, dist=d)
+        row.update(val_loss=v.pop("loss"), **{f"val_{k}": value for k, value in v.items()})
         if test is not None:
-            row["test_acc"] = evaluate(eval_model, test_images, test_labels, device=device, cfg=cfg, dist=d)["acc"]
+            row.update({f"test_{k}": value for k, value in evaluate_split(eval_model, test, device=device, cfg=cfg,
+                                                                           dist=d).items() if k != "loss"})
         if average is not None and epoch >= average_start:
             average.update_parameters(eval_model)
-            row["avg_val_acc"] = evaluate(average.module, val_images, val_labels, device=device, cfg=cfg, dist=d)["acc"]
+            row["avg_val_acc"] = evaluate_split(average.module, val, device=device, cfg=cfg, dist=d)["acc"]
             if test is not None:
-                row["avg_test_acc"] = evaluate(average.module, test_images, test_labels, device=device, cfg=cfg, dist=d)["acc"]
+                row["avg_test_acc"] = evaluate_split(average.module, test, device=device, cfg=cfg, dist=d)["acc"]
         if scheduler is not None and not step_scheduler:
             scheduler.step(row[cfg.plateau_monitor])
         stopped = stopper.step(row)
@@ -587,7 +658,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
                 "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}, "config": asdict(cfg),
             })
             write_metrics(out, history, cfg)
-            test_part = "".join(f" {k} {row[k]:.4f}" for k in ("test_acc", "avg_val_acc", "avg_test_acc") if k in row)
+            test_part = "".join(f" {k} {row[k]:.4f}" for k in row if k.startswith(("val_acc_", "test_acc", "avg_")))
             log(f"epoch {epoch}: lr {row['lr']:.3g} train_loss {row['train_loss']:.4f} train_acc {row['train_acc']:.4f} "
                 f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}{test_part} ({row['time_s']:.0f}s)"
                 + (" - early stop" if stopped else ""))
@@ -610,6 +681,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in sorted(fields(TrainConfig), key=lambda f: f.name != "recipe"):   # --recipe first, then the config's order
         if f.name == "model_kwargs":
             continue
+        if f.name == "data":   # several --data: a mix
+            p.add_argument("--data", action="append", default=None, help=f.metadata["help"])
+            continue
         flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
         if f.default not in (None, ""):
             text += f" (default {f.default}, or the recipe's)"
@@ -625,6 +699,8 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
 
     explicit = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                 if getattr(args, f.name, None) is not None and f.name != "recipe"}
+    if isinstance(explicit.get("data"), list) and len(explicit["data"]) == 1:
+        explicit["data"] = explicit["data"][0]   # one --data is stored as before: a string
     out = args.out
     if args.resume:
         if out is None:
@@ -677,7 +753,8 @@ def train_command(config: dict) -> str:
             words.append(f"--{flag}" if value else f"--no-{flag}")
         else:
             words += [f"--{flag}", json.dumps(value) if isinstance(value, dict) else str(value)]
-    return shlex.join(words + ["--data", Path(config["data"]).name])
+    data = config["data"] if isinstance(config["data"], list) else [config["data"]]
+    return shlex.join(words + [word for spec in data for word in ("--data", data_names(spec))])
 
 
 def run(args) -> int:

@@ -1,6 +1,6 @@
 """`load_dataset(spec)`: the one entry point that turns a user's data argument into a FaceDataset.
 
-Spec syntax (what `--data` accepts everywhere):
+Spec syntax (what `--data` accepts everywhere; `ferlab train` also takes several, a mix: see data/mix.py):
 
     PATH.csv | PATH.csv.gz    FER2013 CSV; splits Training / PublicTest / PrivateTest
                               (with ferplus=fer2013new.csv: FER+ labels, 8 classes, soft labels)
@@ -20,6 +20,7 @@ import numpy as np
 from ferlab.data.dataset import FaceDataset
 from ferlab.data.fer2013 import apply_ferplus, load_fer2013_csv
 from ferlab.data.folders import load_image_folders
+from ferlab.data.mix import OFFICIAL_ROLES, ferplus7_soft_labels, mix_splits, source_name, to_fer2013_classes
 from ferlab.data.splits import apply_random_split, apply_subject_fold, default_splits, fraction_mask, stratified_split
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, LABEL_SPACES
@@ -90,9 +91,43 @@ def load_fergit(csv, image_dir, seed: int = 0, fractions=FERGIT_FRACTIONS, cache
     )
 
 
-def load_with_splits(spec: str, ferplus: str | None = None, seed: int = 0, folds: int = 0, fold: int = 0) -> FaceDataset:
+def load_mix(specs, ferplus=None, seed: int = 0, cache: bool = True) -> FaceDataset:
+    """One FaceDataset from several data set specs in FER2013's 7 classes, each source split
+    train/val/test on its own, `origins` naming each row's source (see data/mix.py)."""
+    names = [source_name(s) for s in specs]
+    if len(set(names)) != len(names):
+        raise FerlabError(f"--data names a source twice ({', '.join(names)}); give each data set once")
+    if ferplus and "fer2013" not in names:
+        raise FerlabError("--ferplus gives votes for FER2013's rows: add the FER2013 CSV as one --data")
+    parts = []
+    for spec, name in zip(specs, names):
+        if str(spec).startswith("fergit:"):
+            raise FerlabError(f"{spec}: FERGIT is already a mix; give its parts as --data CSV --data DIR")
+        data = load_dataset(spec, cache=cache)
+        soft = ferplus7_soft_labels(data, ferplus) if name == "fer2013" and ferplus else None
+        data = to_fer2013_classes(data)
+        if ferplus:
+            data.soft_labels = soft if soft is not None else np.eye(len(FER2013_CLASSES), dtype=np.float32)[data.labels]
+        data.splits = mix_splits(data, seed)
+        data.origins = np.full(len(data), name)
+        parts.append(data)
+
+    def join(field):
+        return None if getattr(parts[0], field) is None else np.concatenate([getattr(p, field) for p in parts])
+    return FaceDataset(images=join("images"), labels=join("labels"), splits=join("splits").astype("<U5"),
+                       classes=FER2013_CLASSES, source=" + ".join(map(str, specs)), soft_labels=join("soft_labels"),
+                       origins=join("origins"), extra={"sources": names, "seed": seed})
+
+
+def load_with_splits(spec, ferplus: str | None = None, seed: int = 0, folds: int = 0, fold: int = 0) -> FaceDataset:
     """load_dataset, split as fold `fold` of a subject-independent `folds`-fold cross-validation when
-    folds > 0, else with a seeded stratified 90/5/5 train/val/test split for data that has none."""
+    folds > 0, else with a seeded stratified 90/5/5 train/val/test split for data that has none.
+    A list of several specs is a mix (load_mix)."""
+    if not isinstance(spec, str) and len(spec) > 1:
+        if folds:
+            raise FerlabError("--folds splits one data set with subject ids; a mix of several splits each source on its own")
+        return load_mix(spec, ferplus, seed)
+    spec = spec if isinstance(spec, str) else spec[0]
     data = load_dataset(spec, ferplus=ferplus, seed=seed)
     if folds:
         return apply_subject_fold(data, folds, fold, seed)
@@ -108,6 +143,9 @@ def load_run_data(cfg):
     train_s = auto[0] if cfg.train_splits == "auto" else cfg.train_splits
     val_s = auto[1] if cfg.val_splits == "auto" else cfg.val_splits
     test_s = auto[2] if cfg.test_splits == "auto" else cfg.test_splits
+    if "sources" in data.extra:   # a mix splits every source train/val/test: FER2013's names say which part
+        train_s, val_s, test_s = (",".join(dict.fromkeys(OFFICIAL_ROLES.get(n, n) for n in s.split(","))) if s else s
+                                  for s in (train_s, val_s, test_s))
     if not train_s or not val_s:
         raise FerlabError(f"{cfg.data}: cannot tell which splits to train and validate on (have: {', '.join(names)}); "
                           "pass --train-splits and --val-splits")

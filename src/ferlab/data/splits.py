@@ -141,3 +141,27 @@ def default_splits(split_names: list[str]) -> tuple[str, str, str]:
 def fraction_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """--train-fraction: which faces a seeded, class-stratified `fraction` of the train split keeps."""
     return stratified_split(labels, (fraction, 1 - fraction), seed, names=("keep", "drop")) == "keep"
+
+
+def grouped_split(groups: np.ndarray, fractions: Sequence[float] = (0.9, 0.05, 0.05), seed: int = 0,
+                  names: Sequence[str] = DEFAULT_NAMES) -> np.ndarray:
+    """Split name for each row such that all rows of a group (subject) share one part.
+
+    Subjects are shuffled with `seed`; the smaller parts, smallest first, take subjects in that
+    order until they hold their fraction of the rows (at least one subject each when their fraction
+    is above 0), and the largest part takes the rest. Parts are whole subjects.
+    """
+    groups = np.asarray(groups)
+    fractions = _check_fractions(fractions, names)
+    subjects, subject_of_row = np.unique(groups, return_inverse=True)
+    sizes = np.bincount(subject_of_row)
+    order = list(np.random.default_rng(seed).permutation(len(subjects)))
+    by_size = np.argsort(fractions, kind="stable")
+    part_of_subject = np.full(len(subjects), by_size[-1])
+    for part in by_size[:-1]:
+        target, taken = fractions[part] * len(groups), 0
+        while order and fractions[part] > 0 and (taken == 0 or taken < target):
+            s = order.pop(0)
+            part_of_subject[s] = part
+            taken += sizes[s]
+    return np.array(names)[part_of_subject[subject_of_row]]

@@ -1,0 +1,155 @@
+"""How a model holds up on faces that are not FER2013: a leave-one-data-set-out report.
+
+    python benchmarks/cross_dataset.py --fer2013 DATA/fer2013/fer2013.csv.gz --ferplus DATA/fer2013/fer2013new.csv \
+        --ckplus DATA/ckplus48/CK+48 --muxspace DATA/muxspace48 default ~/ferlab-runs/run1 [...] [--tta flip] \
+        [--train "--recipe fernet_m --init default --epochs 2 ..." --runs ~/ferlab-runs/lodo-NAME]
+
+Every MODEL (bundled name, run directory or weights file) is scored on four sets of faces:
+- fer2013: FER2013 PrivateTest with its own labels (the standard benchmark);
+- ferplus: the same faces with FER+ plurality labels (7 classes; contempt/unknown/not-a-face/tied rows dropped);
+- CK+48: posed expressions of 123 subjects (927 faces in 6 shared classes; CK+ has no neutral);
+- muxspace48: crowd-labelled LFW-style photos (13,670 faces, mostly happy and neutral).
+A set the model never trained on is scored on all its faces ("held out"). A set it trained on (its
+run's config names it in --data) is scored only on the test part of its mix split, which training
+and selection never saw (data/mix.py, the run's seed), and is marked "seen". For a like-for-like
+view, the second table scores every model on the same test parts.
+
+--train ARGS trains one model per held-out source first (leave-one-data-set-out): on FER2013 +
+muxspace48 with CK+48 held out, and on FER2013 + CK+48 with muxspace48 held out, each `ferlab train
+ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores both next to the MODELs.
+
+Reports accuracy, macro-F1 (over the classes present) and per-class recall; prints Markdown and
+writes it with a JSON copy to --out.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ferlab.atomic import atomic_write_text  # noqa: E402
+from ferlab.checkpoint import load_model  # noqa: E402
+from ferlab.data import load_dataset  # noqa: E402
+from ferlab.data.mix import mix_splits, source_name, to_fer2013_classes  # noqa: E402
+from ferlab.evaluate import evaluate_models  # noqa: E402
+from ferlab.labels import FER2013_CLASSES  # noqa: E402
+from ferlab.metrics import classification_report  # noqa: E402
+
+SHORT = {"angry": "ang", "disgust": "dis", "fear": "fea", "happy": "hap", "sad": "sad", "surprise": "sur", "neutral": "neu"}
+
+
+def evaluation_sets(a) -> dict:
+    """name -> (all faces FaceDataset, test-part mask); every set in FER2013's 7 classes."""
+    fer = load_dataset(a.fer2013)
+    sets = {"fer2013": (fer.select("PrivateTest"), None)}
+    if a.ferplus:
+        plus = load_dataset(a.fer2013, ferplus=a.ferplus).select("PrivateTest")
+        sets["ferplus"] = (to_fer2013_classes(plus), None)
+    for path, spec in ((a.ckplus, f"ckplus:{a.ckplus}"), (a.muxspace, a.muxspace)):
+        if path:
+            data = to_fer2013_classes(load_dataset(spec))
+            sets[source_name(spec)] = (data, mix_splits(data, seed=0) == "test")
+    return sets
+
+
+def trained_sources(spec: str) -> tuple[set, int]:
+    """(names of the data sets a model trained on, its seed): from a run's config.json or a card's config."""
+    path = Path(spec).expanduser()
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+    else:
+        config = load_model(spec)[1].get("training", {}).get("config", {})
+    data = config.get("data") or []
+    return {source_name(s) for s in ([data] if isinstance(data, str) else data)}, int(config.get("seed", 0))
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict:
+    report = classification_report(labels, probs.argmax(1), FER2013_CLASSES)
+    present = [c for c in FER2013_CLASSES if report["per_class"][c]["support"]]
+    return {"faces": report["num_samples"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "recall": {c: report["per_class"][c]["recall"] for c in present}}
+
+
+def markdown(title: str, rows: list[dict]) -> str:
+    classes = [c for c in FER2013_CLASSES if any(c in r["recall"] for r in rows)]
+    head = ["set", "model", "rows", "faces", "accuracy", "macro-F1"] + [f"{SHORT[c]} R" for c in classes]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["set"], r["model"], r["rows"], str(r["faces"]), f"{r['accuracy']:.2%}", f"{r['macro_f1']:.2%}"]
+        cells += [f"{r['recall'][c]:.2f}" if c in r["recall"] else "-" for c in classes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def train_lodo(a) -> list[str]:
+    """One run per held-out source (see module doc); returns the run directories."""
+    folds = {"CK+48": [a.fer2013, a.muxspace], "muxspace48": [a.fer2013, f"ckplus:{a.ckplus}"]}
+    runs = []
+    for held_out, specs in folds.items():
+        out = Path(a.runs).expanduser() / held_out
+        resume = (out / "last.pt").is_file()
+        cmd = [sys.executable, "-m", "ferlab", "train", "--out", str(out)]
+        cmd += ["--resume"] if resume else a.train.split() + [w for s in specs for w in ("--data", s)]
+        done = (out / "metrics.csv").is_file() and (out / "best.safetensors").is_file() and resume and \
+            json.loads((out / "config.json").read_text())["epochs"] <= len((out / "metrics.csv").read_text().splitlines()) - 1
+        if not done:
+            print(f"training the model that holds out {held_out}: {' '.join(cmd)}", file=sys.stderr)
+            subprocess.run(cmd, check=True)
+        runs.append(str(out))
+    return runs
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("models", nargs="*", default=["default"], help="bundled names, run directories, weights files")
+    p.add_argument("--fer2013", required=True, help="fer2013.csv(.gz)")
+    p.add_argument("--ferplus", help="fer2013new.csv (adds the FER+ set)")
+    p.add_argument("--ckplus", help="the CK+48 folder")
+    p.add_argument("--muxspace", help="the muxspace48 folder")
+    p.add_argument("--tta", default="none", help="none, flip or tencrop")
+    p.add_argument("--train", help="`ferlab train` options for the leave-one-data-set-out models (needs --runs)")
+    p.add_argument("--runs", help="where the --train runs go (one subfolder per held-out source)")
+    p.add_argument("--out", type=Path, default=Path("cross_dataset"), help="report folder (report.md, report.json)")
+    a = p.parse_args()
+    if a.train and not (a.runs and a.ckplus and a.muxspace):
+        p.error("--train needs --runs, --ckplus and --muxspace")
+    models = list(a.models) + (train_lodo(a) if a.train else [])
+
+    t0 = time.time()
+    sets = evaluation_sets(a)
+    held_out, same_rows = [], []
+    for spec in models:
+        seen, seed = trained_sources(spec)
+        for name, (data, test_part) in sets.items():
+            probs = evaluate_models([spec], data.images, tta=a.tta)[0]
+            if test_part is None:   # FER2013 PrivateTest: never trained on
+                held_out.append({"set": name, "model": spec, "rows": "PrivateTest", **score(probs, data.labels)})
+                continue
+            same_rows.append({"set": name, "model": spec, "rows": "seed-0 test part",
+                              **score(probs[test_part], data.labels[test_part])})
+            if name in seen:   # only the faces its own split kept out of training and selection
+                own = mix_splits(data, seed) == "test"
+                held_out.append({"set": name, "model": spec, "rows": "seen: test part", **score(probs[own], data.labels[own])})
+            else:
+                held_out.append({"set": name, "model": spec, "rows": "held out: all", **score(probs, data.labels)})
+            print(json.dumps(held_out[-1]), flush=True)
+    held_out.sort(key=lambda r: list(sets).index(r["set"]))
+    same_rows.sort(key=lambda r: list(sets).index(r["set"]))
+    text = (f"## Cross-dataset report (TTA {a.tta}; {time.time() - t0:.0f} s)\n\n"
+            + markdown("Each set held out where the model never trained on it", held_out) + "\n"
+            + markdown("Same rows for every model: the seed-0 test part of each mix source", same_rows))
+    a.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(a.out / "report.md", text)
+    atomic_write_text(a.out / "report.json", json.dumps({"held_out": held_out, "same_rows": same_rows}, indent=1))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
