@@ -243,6 +243,7 @@ def test_weight_average_of_the_last_epochs(toy_csv, tmp_path):
     assert [("avg_val_acc" in r) for r in history] == [False, False, True, True]   # epochs 3 and 4
     assert result.best == BestWeights(4, history[-1]["avg_val_acc"], (3, 4)) == BestWeights.of_run(tmp_path / "run")
     assert str(result.best) == "the average of epochs 3-4"
+    assert fit(cfg, tmp_path / "run", resume=True, log=lambda *a: None).best == result.best   # last.pt records it
     model, meta = load_model(str(tmp_path / "run" / "best.safetensors"))
     assert meta["averaged_epochs"] == [3, 4] and meta["val_acc"] == history[-1]["avg_val_acc"]
     val = load_run_data(cfg)[2]

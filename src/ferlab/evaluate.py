@@ -95,7 +95,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.tta)")
     p.add_argument("--recalibrate-bn", metavar="SPLITS", default="",
                    help="recompute BatchNorm statistics on these splits of --data first, dropout off (a diagnosis for "
-                        "short runs of the papers' models; see ferlab.evaluate.recalibrate_batchnorm)")
+                        "short runs of the papers' models; see ferlab.batchnorm)")
     p.add_argument("--out", type=Path, help="report directory (default: <run dir>/eval-<split>-<tta>, or ./eval-<split>-<tta>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",
