@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ferlab.export import astronaut_faces, export_model  # noqa: E402
-from ferlab.predict import Recognizer  # noqa: E402
-from ferlab.train import native_bf16  # noqa: E402
+from ferlab.recognizer import Recognizer  # noqa: E402
+from ferlab.device import native_bf16  # noqa: E402
 from inference_speed import model_spec, timed  # noqa: E402  (same folder: the scripts run from benchmarks/)
 
 

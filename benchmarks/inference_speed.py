@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ferlab.checkpoint import WEIGHTS_DIR, save_weights  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.models import create_model  # noqa: E402
-from ferlab.predict import Recognizer  # noqa: E402
-from ferlab.train import native_bf16  # noqa: E402
+from ferlab.recognizer import Recognizer  # noqa: E402
+from ferlab.device import native_bf16  # noqa: E402
 
 
 def emit(**record):

@@ -19,8 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ferlab.checkpoint import load_weights  # noqa: E402
-from ferlab.train import TrainConfig  # noqa: E402
+from ferlab.train import BestWeights, TrainConfig  # noqa: E402
 
 # One change each from the recipe, as `ferlab train` options.
 VARIANTS = {
@@ -48,15 +47,14 @@ def run_variant(name: str, a) -> dict:
     subprocess.run(cmd, check=True)
     with open(out / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    # What best.safetensors holds, as the run chose it: an epoch's weights or a running average's.
-    meta = load_weights(out / "best.safetensors")[1]
-    row = next(r for r in rows if int(r["epoch"]) == meta["epoch"])
-    averaged = meta.get("averaged_epochs")
-    best_epoch = f"average of {averaged[0]}-{averaged[1]}" if averaged else meta["epoch"]
+    best = BestWeights.of_run(out)   # what best.safetensors holds: an epoch's weights or a running average's
+    row = next(r for r in rows if int(r["epoch"]) == best.epoch)
+    averaged = best.averaged_epochs
+    best_epoch = f"average of {averaged[0]}-{averaged[1]}" if averaged else best.epoch
     test_acc = float(row["avg_test_acc" if averaged else "test_acc"])
     cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
     return {"variant": name, "options": " ".join(VARIANTS[name]) or "(recipe)", "epochs": len(rows),
-            "best_epoch": best_epoch, "publictest_acc": round(meta["val_acc"], 4), "privatetest_acc": round(test_acc, 4),
+            "best_epoch": best_epoch, "publictest_acc": round(best.val_acc, 4), "privatetest_acc": round(test_acc, 4),
             "minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1), "train_faces_fraction": cfg.train_fraction}
 
 

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 
 from ferlab.models import count_parameters, create_model
-from ferlab.train import TrainConfig, autocast_dtype, predict_logits, train_one_epoch
+from ferlab.device import autocast_dtype
+from ferlab.inference import batched_logits, model_forward
+from ferlab.train import TrainConfig, train_one_epoch
 
 VARIANTS = {
     "fp32": dict(amp="fp32", channels_last=False),          # plain PyTorch eager
@@ -49,9 +51,10 @@ def measure(model_name: str, variant: str, batch_size: int, steps: int, augment:
     t = time.perf_counter()
     train_one_epoch(model, opt, images, labels, cfg, device=device, gen=gen)
     train_ips = len(images) / (time.perf_counter() - t)
-    predict_logits(model, images[:256], device=device, amp=cfg.amp, channels_last=cfg.channels_last)
+    forward = model_forward(model, device, cfg.amp)
+    batched_logits(forward, images[:256], device=device, channels_last=cfg.channels_last)
     t = time.perf_counter()
-    predict_logits(model, images, device=device, amp=cfg.amp, channels_last=cfg.channels_last, batch_size=256)
+    batched_logits(forward, images, device=device, channels_last=cfg.channels_last, batch_size=256)
     infer_ips = len(images) / (time.perf_counter() - t)
     return {"framework": f"torch {torch.__version__}", "model": model_name, "params": count_parameters(model, keras_style=True),
             "variant": variant, "batch_size": batch_size, "augment": augment, "threads": torch.get_num_threads(),

@@ -31,11 +31,13 @@ import torch
 from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import WEIGHTS_DIR, load_model, save_weights
 from ferlab.evaluate import predict_probs
-from ferlab.export import DEFAULT_OPSET, create_session, dataset_faces, export_model, onnx_probabilities, quantize_int8, to_onnx
+from ferlab.export import DEFAULT_OPSET, dataset_faces, export_model, quantize_int8, to_onnx
+from ferlab.inference import batched_probs
+from ferlab.onnxrt import OnnxModel
 from ferlab.metrics import classification_report, first_reached
 from ferlab.models import count_parameters
 from ferlab.data import load_with_splits
-from ferlab.train import train_command
+from ferlab.train import BestWeights, train_command
 
 
 def onnx_accuracy(model, data: str, test) -> dict:
@@ -44,7 +46,7 @@ def onnx_accuracy(model, data: str, test) -> dict:
     fp32 = to_onnx(model)
     out = {"opset": DEFAULT_OPSET}
     for name, graph in (("fp32", fp32), ("int8", quantize_int8(fp32, dataset_faces(data)))):
-        probs = onnx_probabilities(create_session(graph), faces)
+        probs = batched_probs(OnnxModel(graph), faces)
         out[f"privatetest_accuracy_{name}"] = round(float((probs.argmax(1) == test.labels).mean()), 4)
     return out
 
@@ -73,6 +75,7 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     parents = parent_training(config)   # before this bundle may overwrite one of them
     model, meta = load_model(str(a.run / "best.safetensors"))
+    best = BestWeights.of_run(a.run)
     meta.pop("weights_path")
     with torch.no_grad():  # measure exactly what ships: the float16-rounded weights
         for tensor in model.state_dict().values():
@@ -111,8 +114,8 @@ def main() -> None:
                                   f"{config['average_from']})" if config.get("average_from") else "")),
                  "test": f"PrivateTest ({len(test):,} rows in ferlab's copy{test_labels})"},
         "training": {"command": train_command(config), "config": config,
-                     "epochs": len(rows), "best_epoch": meta.get("epoch"),
-                     **({"averaged_epochs": meta["averaged_epochs"]} if "averaged_epochs" in meta else {}),
+                     "epochs": len(rows), "best_epoch": best.epoch,
+                     **({"averaged_epochs": list(best.averaged_epochs)} if best.averaged_epochs else {}),
                      "wall_time_minutes": round(sum(float(r["time_s"]) for r in rows) / 60, 1),
                      "privatetest_reached_no_tta": reached,
                      "machine": meta.get("trained_on", "not recorded"),

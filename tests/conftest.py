@@ -1,8 +1,12 @@
-"""Shared fixtures. Nothing here needs the bundled default model or /work/shared data."""
+"""Shared fixtures: toy data, random-weight models, photos, and the two ways tests run the `ferlab`
+command (in this process, or as a subprocess). Nothing here needs the bundled default model or
+/work/shared data."""
 
 import atexit
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -10,13 +14,60 @@ import pytest
 import torch
 
 from ferlab.checkpoint import save_weights
+from ferlab.cli import main
 from ferlab.labels import FER2013_CLASSES, FERPLUS8_CLASSES
 from ferlab.models import create_model
+from synthetic import write_csv
 
 # The suite never writes to the user's decoded-data cache (~/.cache/ferlab): this process and every
 # process a test starts (environments copied from os.environ) cache into a directory removed at exit.
 os.environ["FERLAB_CACHE"] = tempfile.mkdtemp(prefix="ferlab-test-cache-")
 atexit.register(shutil.rmtree, os.environ["FERLAB_CACHE"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def make_toy_csv(tmp_path_factory):
+    """make_toy_csv(n_train=420, n_val=140, n_test=140) -> a FER2013-layout CSV of separable toy faces
+    (tests/synthetic.py) with Training / PublicTest / PrivateTest splits of those sizes, written
+    once per size per session."""
+    written = {}
+
+    def make(n_train: int = 420, n_val: int = 140, n_test: int = 140):
+        key = (n_train, n_val, n_test)
+        if key not in written:
+            written[key] = write_csv(tmp_path_factory.mktemp("data") / "toy.csv", *key)
+        return written[key]
+    return make
+
+
+@pytest.fixture(scope="session")
+def toy_csv(make_toy_csv):
+    """The default toy CSV: 420 / 140 / 140 faces."""
+    return make_toy_csv()
+
+
+@pytest.fixture(scope="session")
+def ferlab():
+    """ferlab(*args, check=True, env=None, timeout=300): `python -m ferlab ARGS` in a subprocess with one
+    torch thread (a 2-core machine busy with other work), plus `env`; returns the CompletedProcess,
+    after asserting exit status 0 unless check=False."""
+    def run(*args, check: bool = True, env: dict | None = None, timeout: float = 300):
+        proc = subprocess.run([sys.executable, "-m", "ferlab", *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+        if check:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+    return run
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(*args) -> (exit status, stdout, stderr) of `ferlab ARGS` run in this process."""
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
 
 
 def random_weights(folder, name: str, seed: int, classes=FER2013_CLASSES):

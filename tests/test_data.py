@@ -2,9 +2,6 @@
 splits, the cache, every malformed-input error, and `ferlab data summary`. No real data needed."""
 
 import gzip
-import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -442,20 +439,15 @@ def test_cli_summary_in_process(tmp_path, capsys):
     assert "source" in out and "fer2013" in out and "mux" in out
 
 
-def run_cli(*args, env_cache):
-    env = {**os.environ, "FERLAB_CACHE": str(env_cache)}
-    return subprocess.run([sys.executable, "-m", "ferlab", *args], capture_output=True, text=True, env=env, timeout=120)
-
-
-def test_cli_summary_subprocess_ok_and_bad_file(tmp_path):
+def test_cli_summary_subprocess_ok_and_bad_file(ferlab, tmp_path):
     small_csv(tmp_path / "fer.csv.gz")
-    ok = run_cli("data", "summary", str(tmp_path / "fer.csv.gz"), env_cache=tmp_path / "cache")
+    ok = ferlab("data", "summary", str(tmp_path / "fer.csv.gz"), env={"FERLAB_CACHE": str(tmp_path / "cache")}, check=False, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "12 faces" in ok.stdout and "PrivateTest" in ok.stdout
     assert next(ln for ln in ok.stdout.splitlines() if ln.startswith("happy")).split()[1:5] == ["1", "0", "1", "2"]
 
     write_csv(tmp_path / "bad.csv", [good_line(), "9," + " ".join(["1"] * 2304) + ",Training"])
-    bad = run_cli("data", "summary", str(tmp_path / "bad.csv"), env_cache=tmp_path / "cache")
+    bad = ferlab("data", "summary", str(tmp_path / "bad.csv"), env={"FERLAB_CACHE": str(tmp_path / "cache")}, check=False, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     assert "bad.csv: line 3" in bad.stderr

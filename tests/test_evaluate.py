@@ -6,7 +6,8 @@ import torch
 
 from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
-from ferlab.evaluate import evaluate_models, predict_probs, recalibrate_batchnorm
+from ferlab.batchnorm import recalibrate_batchnorm
+from ferlab.evaluate import evaluate_models, predict_probs
 from ferlab.tta import TTA_MODES, tta_probs, tta_views
 from synthetic import synthetic_faces
 

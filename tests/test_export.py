@@ -10,19 +10,16 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 import ferlab.export as export  # noqa: E402
+import ferlab.onnxrt as onnxrt  # noqa: E402
 from ferlab.checkpoint import load_model  # noqa: E402
-from ferlab.cli import main  # noqa: E402
 from ferlab.errors import FerlabError  # noqa: E402
+from ferlab.inference import batched_probs  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
+from ferlab.models import create_model, list_models  # noqa: E402
 from ferlab.predict import Recognizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,7 @@ def exported(fernet_weights, tmp_path_factory):
 
 
 def session(path):
-    return export.create_session(path, threads=1)
+    return onnxrt.create_session(path, threads=1)
 
 
 def test_export_passes_parity_and_prints_the_difference(exported):
@@ -45,6 +42,16 @@ def test_export_passes_parity_and_prints_the_difference(exported):
     diff = float(printed.split("max |softmax diff| = ")[1].split(",")[0])
     assert diff < 1e-4
     assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registry_model_exports_with_parity(name):
+    """Export's parity check on every architecture in the registry (random weights, 2 faces: the
+    check is about the graph, and the biggest models take seconds per export)."""
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    parity = export.compare(model, onnxrt.OnnxModel(export.to_onnx(model), threads=1), export.astronaut_faces(2))
+    assert parity["faces"] == 2 and parity["max_abs_diff"] < export.PARITY_TOLERANCE, parity
 
 
 def test_dynamic_batch_matches_pytorch(exported, fernet_weights):
@@ -60,7 +67,7 @@ def test_dynamic_batch_matches_pytorch(exported, fernet_weights):
         assert logits.shape == (n, 7)
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).softmax(1).numpy()
-        assert np.abs(export.softmax(logits) - ref).max() < 1e-4
+        assert np.abs(torch.from_numpy(logits).softmax(1).numpy() - ref).max() < 1e-4
 
 
 def test_metadata_and_sidecar_card(exported):
@@ -69,7 +76,7 @@ def test_metadata_and_sidecar_card(exported):
     path, _ = exported
     proto = onnx.load(str(path))
     assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
-    meta = export.read_metadata(path)
+    meta = onnxrt.read_metadata(path)
     assert meta["ferlab.model"] == "fernet_s" and meta["ferlab.opset"] == 17
     assert meta["ferlab.classes"] == list(FER2013_CLASSES)
     assert meta["ferlab.preprocessing"]["input"] == "faces" and "255" in meta["ferlab.preprocessing"]["pixels"]
@@ -80,15 +87,15 @@ def test_metadata_and_sidecar_card(exported):
     assert card["fp32_parity"]["max_abs_diff"] < 1e-4 and card["onnx_file"] == "fernet.onnx"
 
 
-def test_int8_file_is_written_and_runs(capsys, fernet_weights, exported, tmp_path):
+def test_int8_file_is_written_and_runs(cli, capsys, fernet_weights, exported, tmp_path):
     out = tmp_path / "fernet.int8.onnx"
-    code, stdout, err = run_cli(capsys, "export", fernet_weights, "--onnx", out, "--quantize", "int8", "--opset", "13")
+    code, stdout, err = cli("export", fernet_weights, "--onnx", out, "--quantize", "int8", "--opset", "13")
     assert code == 0, err
     assert "int8 vs PyTorch fp32" in stdout
     assert out.stat().st_size < exported[0].stat().st_size / 2.5  # int8 weights
-    meta = export.read_metadata(out)
+    meta = onnxrt.read_metadata(out)
     assert meta["ferlab.quantization"].startswith("int8") and meta["ferlab.opset"] == 13
-    probs = export.onnx_probabilities(session(out), export.astronaut_faces(3))
+    probs = batched_probs(onnxrt.OnnxModel(out, threads=1), export.astronaut_faces(3))
     assert probs.shape == (3, 7) and np.allclose(probs.sum(1), 1, atol=1e-5)
     card = json.loads(out.with_suffix(".json").read_text())
     assert 0 <= card["int8_vs_fp32"]["top1_agreement"] <= 1
@@ -98,26 +105,26 @@ def test_int8_file_is_written_and_runs(capsys, fernet_weights, exported, tmp_pat
     assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights)   # 7-bit: no saturation without VNNI
 
 
-def test_bad_model_is_a_one_line_error(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "export", "no-such-model", "--onnx", tmp_path / "m.onnx")
+def test_bad_model_is_a_one_line_error(cli, capsys, tmp_path):
+    code, out, err = cli("export", "no-such-model", "--onnx", tmp_path / "m.onnx")
     assert code == 2 and err.count("\n") == 1 and err.startswith("ferlab export: error: no-such-model")
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors")
-    code, out, err = run_cli(capsys, "export", junk, "--onnx", tmp_path / "m.onnx")
+    code, out, err = cli("export", junk, "--onnx", tmp_path / "m.onnx")
     assert code == 2 and err.count("\n") == 1 and "junk.safetensors" in err
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_unwritable_output_is_a_clean_error(capsys, fernet_weights, tmp_path):
+def test_unwritable_output_is_a_clean_error(cli, capsys, fernet_weights, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
-    code, out, err = run_cli(capsys, "export", fernet_weights, "--onnx", blocker / "m.onnx")
+    code, out, err = cli("export", fernet_weights, "--onnx", blocker / "m.onnx")
     assert code == 2 and err.count("\n") == 1 and "file.txt/m.onnx" in err
-    code, out, err = run_cli(capsys, "export", fernet_weights, "--onnx", tmp_path)
+    code, out, err = cli("export", fernet_weights, "--onnx", tmp_path)
     assert code == 2 and "is a directory" in err
     card = tmp_path / "best.json"  # a run directory's model card must not be overwritten by the sidecar
     card.write_text('{"model": "fernet_s"}')
-    code, out, err = run_cli(capsys, "export", fernet_weights, "--onnx", tmp_path / "best.onnx")
+    code, out, err = cli("export", fernet_weights, "--onnx", tmp_path / "best.onnx")
     assert code == 2 and "not an ONNX card" in err and card.read_text() == '{"model": "fernet_s"}'
 
 
@@ -134,7 +141,7 @@ def test_onnx_backend_matches_torch(fernet_weights):
     x = np.random.default_rng(0).random((9, 48, 48), dtype=np.float32)
     ref = Recognizer(fernet_weights, detector="none").probabilities(x)
     rec = Recognizer(fernet_weights, detector="none", backend="onnx", batch_size=4)
-    assert rec.backend == "onnx" and isinstance(rec.runners[0], export.OnnxModel)
+    assert rec.backend == "onnx" and isinstance(rec.runners[0], onnxrt.OnnxModel)
     np.testing.assert_allclose(rec.probabilities(x), ref, atol=1e-5)
     flip_ref = Recognizer(fernet_weights, detector="none", tta="flip").probabilities(x)
     flip = Recognizer(fernet_weights, detector="none", tta="flip", backend="onnx").probabilities(x)
@@ -151,7 +158,7 @@ def test_onnx_backend_on_a_photo(recognizer, fernet_weights, astronaut):
 
 
 def test_backend_choice(fernet_weights, monkeypatch):
-    monkeypatch.setattr("ferlab.train.native_bf16", lambda device: True)   # bf16 as on an AMX CPU
+    monkeypatch.setattr("ferlab.recognizer.native_bf16", lambda device: True)   # bf16 as on an AMX CPU
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "onnx"
     assert Recognizer(fernet_weights, detector="none", backend="auto", precision="bf16").backend == "torch"
     assert Recognizer(fernet_weights, detector="none").backend == "onnx"  # auto is the default
@@ -165,7 +172,7 @@ def test_backend_choice(fernet_weights, monkeypatch):
 def test_auto_falls_back_to_torch_when_export_fails(fernet_weights, monkeypatch):
     def broken(*args, **kwargs):
         raise FerlabError("ONNX export failed (opset 17): unsupported operator")
-    monkeypatch.setattr(export, "to_onnx", broken)
+    monkeypatch.setattr("ferlab.recognizer.to_onnx", broken)
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "torch"
     with pytest.raises(FerlabError, match="export failed"):
         Recognizer(fernet_weights, detector="none", backend="onnx")
@@ -178,7 +185,7 @@ def test_exported_file_is_a_model_with_its_card(exported, fernet_weights, tmp_pa
 
     model, card = load_model(str(exported[0]))
     _, source_card = load_model(str(fernet_weights))
-    assert isinstance(model, export.OnnxModel) and not list(model.parameters())
+    assert isinstance(model, onnxrt.OnnxModel) and not list(model.parameters())
     assert card["model"] == source_card["model"] == "fernet_s" and card["classes"] == list(FER2013_CLASSES)
     assert card["quantization"] == "none" and card["weights_path"] == str(exported[0])
     x = np.random.default_rng(0).random((6, 48, 48), dtype=np.float32)
@@ -198,13 +205,12 @@ def test_exported_file_is_a_model_with_its_card(exported, fernet_weights, tmp_pa
     bundled.mkdir()
     (bundled / "mini-int8.onnx").write_bytes(exported[0].read_bytes())
     monkeypatch.setattr("ferlab.checkpoint.WEIGHTS_DIR", bundled)
-    assert isinstance(load_model("mini-int8")[0], export.OnnxModel)
+    assert isinstance(load_model("mini-int8")[0], onnxrt.OnnxModel)
 
 
-def test_bad_onnx_models_are_one_line_errors(capsys, exported, tmp_path):
+def test_bad_onnx_models_are_one_line_errors(cli, capsys, exported, tmp_path):
     import onnx
 
-    from ferlab.models import create_model
     from ferlab.train import TrainConfig, load_init_weights
 
     junk = tmp_path / "junk.onnx"
@@ -219,7 +225,7 @@ def test_bad_onnx_models_are_one_line_errors(capsys, exported, tmp_path):
     onnx.save(proto, str(foreign))
     with pytest.raises(FerlabError, match="foreign.onnx: an ONNX file without ferlab's metadata"):
         load_model(str(foreign))
-    code, out, err = run_cli(capsys, "export", exported[0], "--onnx", tmp_path / "again.onnx")
+    code, out, err = cli("export", exported[0], "--onnx", tmp_path / "again.onnx")
     assert code == 2 and err.count("\n") == 1 and "already an ONNX model" in err and not (tmp_path / "again.onnx").exists()
     from ferlab.evaluate import evaluate_models
 

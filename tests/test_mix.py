@@ -136,7 +136,7 @@ def tiny(data, **overrides) -> TrainConfig:
 def test_mix_trains_reports_each_source_and_recreates_its_command(sources, tmp_path):
     data = [sources["fer"], sources["wild"], sources["ck"]]
     history = fit(tiny(data, epochs=8, source_weights="CK+48=3", logit_adjust=1.0, test_splits="PrivateTest"),
-                  tmp_path / "run", log=lambda *a: None)
+                  tmp_path / "run", log=lambda *a: None).history
     last = history[-1]
     assert last["val_acc"] > 0.8   # separable toy faces (flips would swap their classes: no augmentation here)
     for name in ("fer2013", "wild", "CK+48"):

@@ -2,8 +2,6 @@
 
 import itertools
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -194,9 +192,8 @@ def test_li2023():
 
 # -- ferlab models --------------------------------------------------------------------------------
 
-def test_cli_lists_every_model():
-    result = subprocess.run([sys.executable, "-m", "ferlab", "models"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+def test_cli_lists_every_model(ferlab):
+    result = ferlab("models", timeout=120)
     for name in list_models():
         assert name in result.stdout
     assert "5,228,487" in result.stdout and "9,773,111" in result.stdout

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from ferlab.checkpoint import load_model
-from ferlab.cli import main
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, FERPLUS8_CLASSES
 from ferlab.evaluate import predict_probs
-from ferlab.predict import Recognizer, faces_to_input, load_image
+from ferlab.images import faces_to_input, load_image
+from ferlab.predict import Recognizer
 from synthetic import synthetic_faces
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -193,11 +193,11 @@ def test_bf16_and_channels_last_options(fernet_weights, monkeypatch):
     cl = Recognizer(fernet_weights, detector="none", channels_last=True).probabilities(x)
     np.testing.assert_allclose(cl, ref, atol=1e-5)
     # bf16 where the CPU has it natively (forced here: on other CPUs torch emulates it, slowly but right)
-    monkeypatch.setattr("ferlab.train.native_bf16", lambda device: True)
+    monkeypatch.setattr("ferlab.recognizer.native_bf16", lambda device: True)
     bf16 = Recognizer(fernet_weights, detector="none", precision="bf16").probabilities(x)
     np.testing.assert_allclose(bf16, ref, atol=0.03)
     # and refused where it would be emulated, several times slower than fp32
-    monkeypatch.setattr("ferlab.train.native_bf16", lambda device: False)
+    monkeypatch.setattr("ferlab.recognizer.native_bf16", lambda device: False)
     with pytest.raises(FerlabError, match="native bf16"):
         Recognizer(fernet_weights, detector="none", precision="bf16")
 
@@ -284,14 +284,9 @@ def test_predict_many_reports_and_skips_bad_files(recognizer, bad_folder):
 
 # ---- the command line -----------------------------------------------------------------------
 
-def run_cli(capsys, *argv):
-    code = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return code, out, err
 
-
-def test_cli_folder_jsonl_with_bad_files(capsys, fernet_weights, bad_folder, tmp_path):
-    code, out, err = run_cli(capsys, "predict", bad_folder, "--model", fernet_weights, "--annotate", tmp_path / "ann")
+def test_cli_folder_jsonl_with_bad_files(cli, capsys, fernet_weights, bad_folder, tmp_path):
+    code, out, err = cli("predict", bad_folder, "--model", fernet_weights, "--annotate", tmp_path / "ann")
     assert code == 0
     records = [json.loads(line) for line in out.splitlines()]
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in records}
@@ -307,9 +302,9 @@ def test_cli_folder_jsonl_with_bad_files(capsys, fernet_weights, bad_folder, tmp
     assert not list((tmp_path / "ann").rglob("*.tmp"))
 
 
-def test_cli_csv_to_file(capsys, fernet_weights, bad_folder, tmp_path):
+def test_cli_csv_to_file(cli, capsys, fernet_weights, bad_folder, tmp_path):
     out_file = tmp_path / "out" / "faces.csv"
-    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", bad_folder / "cat.png", "--model", fernet_weights,
+    code, out, err = cli("predict", bad_folder / "astronaut.jpg", bad_folder / "cat.png", "--model", fernet_weights,
                              "--format", "csv", "--output", out_file, "--tta", "flip")
     assert code == 0 and out == ""
     rows = list(csv.DictReader(io.StringIO(out_file.read_text())))
@@ -320,52 +315,52 @@ def test_cli_csv_to_file(capsys, fernet_weights, bad_folder, tmp_path):
     assert rows[1]["path"].endswith("cat.png") and rows[1]["face"] == "" and rows[1]["label"] == ""
 
 
-def test_cli_ensemble_and_tta(capsys, fernet_weights, other_weights, tmp_path):
+def test_cli_ensemble_and_tta(cli, capsys, fernet_weights, other_weights, tmp_path):
     face = tmp_path / "face.png"
     Image.fromarray(synthetic_faces(1, seed=6)[0][0]).save(face)
-    code, out, err = run_cli(capsys, "predict", face, "--detector", "none", "--tta", "tencrop",
+    code, out, err = cli("predict", face, "--detector", "none", "--tta", "tencrop",
                              "--model", fernet_weights, "--model", other_weights)
     assert code == 0
     got = json.loads(out)["faces"][0]["probs"]
     expected = Recognizer([fernet_weights, other_weights], detector="none", tta="tencrop").predict(face)[0]["probs"]
     assert got == {c: round(v, 4) for c, v in expected.items()}
     with pytest.raises(SystemExit) as e:  # argparse's own error
-        run_cli(capsys, "predict", face, "--model", fernet_weights, "--tta", "rotate")
+        cli("predict", face, "--model", fernet_weights, "--tta", "rotate")
     assert e.value.code == 2 and "invalid choice: 'rotate'" in capsys.readouterr().err
 
 
-def test_cli_exit_status_when_nothing_could_be_read(capsys, fernet_weights, bad_folder, tmp_path):
-    code, out, err = run_cli(capsys, "predict", bad_folder / "notes.jpg", bad_folder / "truncated.jpg", "--model", fernet_weights)
+def test_cli_exit_status_when_nothing_could_be_read(cli, capsys, fernet_weights, bad_folder, tmp_path):
+    code, out, err = cli("predict", bad_folder / "notes.jpg", bad_folder / "truncated.jpg", "--model", fernet_weights)
     assert code == 2 and out == ""
     assert err.strip().splitlines()[-1] == "ferlab predict: error: no image could be processed (2 failed)"
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, out, err = run_cli(capsys, "predict", empty, "--model", fernet_weights)
+    code, out, err = cli("predict", empty, "--model", fernet_weights)
     assert code == 2 and "no image files found" in err
 
 
-def test_cli_unwritable_output(capsys, fernet_weights, bad_folder, tmp_path):
+def test_cli_unwritable_output(cli, capsys, fernet_weights, bad_folder, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a file, not a folder")
-    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", "--model", fernet_weights,
+    code, out, err = cli("predict", bad_folder / "astronaut.jpg", "--model", fernet_weights,
                              "--output", blocker / "out.jsonl")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "file.txt/out.jsonl" in err
-    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", "--model", fernet_weights,
+    code, out, err = cli("predict", bad_folder / "astronaut.jpg", "--model", fernet_weights,
                              "--annotate", blocker / "ann")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "file.txt/ann" in err
-    code, out, err = run_cli(capsys, "predict", bad_folder / "astronaut.jpg", "--model", fernet_weights, "--output", tmp_path)
+    code, out, err = cli("predict", bad_folder / "astronaut.jpg", "--model", fernet_weights, "--output", tmp_path)
     assert code == 2 and "is a directory" in err
 
 
-def test_demo(capsys, fernet_weights, tmp_path, monkeypatch):
-    code, out, err = run_cli(capsys, "demo", "--model", fernet_weights, "--out", tmp_path / "demo")
+def test_demo(cli, capsys, fernet_weights, tmp_path, monkeypatch):
+    code, out, err = cli("demo", "--model", fernet_weights, "--out", tmp_path / "demo")
     assert code == 0
     assert (tmp_path / "demo" / "astronaut.png").is_file() and (tmp_path / "demo" / "astronaut_annotated.png").is_file()
     payload = json.loads(out[: out.rindex("}") + 1])
     assert len(payload["faces"]) == 1 and "annotated image:" in out
     import ferlab.demo
     monkeypatch.setattr(ferlab.demo, "WEIGHTS_DIR", tmp_path / "no-weights")
-    code, out, err = run_cli(capsys, "demo", "--out", tmp_path / "demo2")
+    code, out, err = cli("demo", "--out", tmp_path / "demo2")
     assert code == 2 and "bundled default model is missing" in err and len(err.strip().splitlines()) == 1
 
 

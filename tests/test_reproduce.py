@@ -11,7 +11,7 @@ import pytest
 
 from ferlab.cli import main
 from ferlab.labels import CKPLUS_CLASSES, FER2013_CLASSES
-from synthetic import synthetic_faces, write_csv
+from synthetic import synthetic_faces
 
 # Numbers each paper reports; the report must show every one of them next to ours.
 PAPER_NUMBERS = {
@@ -39,9 +39,9 @@ def image_folders(root, classes, n, subjects=False, seed=1):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, make_toy_csv):
     root = tmp_path_factory.mktemp("data")
-    csv = write_csv(root / "toy.csv", n_train=140, n_val=42, n_test=42)
+    csv = make_toy_csv(140, 42, 42)
     mux = image_folders(root / "mux", FER2013_CLASSES, 56)
     ck = image_folders(root / "ck", CKPLUS_CLASSES, 70, subjects=True, seed=2)
     return {"csv": csv, "fergit": f"fergit:{csv},{mux}", "ckplus": ck}
@@ -120,7 +120,9 @@ def test_other_settings_in_the_same_directory_are_refused(data, tmp_path, one_th
 
 
 def test_unknown_paper_and_missing_data_fail_in_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)   # no ../shared/data here, so no default data paths
+    monkeypatch.chdir(tmp_path)   # the default --out goes here
+    for env in ("FERLAB_DATA", "FERLAB_FERGIT", "FERLAB_CKPLUS"):   # no data paths but the options
+        monkeypatch.delenv(env, raising=False)
     assert main(["reproduce", "smith2020", "--budget", "smoke"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ferlab reproduce: error: unknown paper 'smith2020'") and len(err.splitlines()) == 1
@@ -129,5 +131,117 @@ def test_unknown_paper_and_missing_data_fail_in_one_line(tmp_path, monkeypatch, 
     assert "needs --fergit" in err and len(err.splitlines()) == 1
     assert main(["reproduce", "li2023", "--budget", "smoke", "--data", "nothere.csv"]) == 2
     assert "nothere.csv" in capsys.readouterr().err
+    monkeypatch.setenv("FERLAB_DATA", str(tmp_path / "gone.csv"))   # a default from the environment is checked too
+    assert main(["reproduce", "li2023", "--budget", "smoke"]) == 2
+    assert "$FERLAB_DATA: " in capsys.readouterr().err
     assert main(["reproduce", "li2023", "--budget", "weekend"]) == 2
     assert "--budget" in capsys.readouterr().err
+
+
+# ---- claims(results) on made-up results: no training ----------------------------------------------
+
+def made_up_history(epochs: int, **columns) -> list[dict]:
+    """Metrics rows 1..epochs; each column is a list of per-epoch values or a function of the epoch."""
+    base = {"train_acc": lambda e: 0.5 + 0.02 * e, "val_acc": lambda e: 0.4 + 0.01 * e, "train_loss": lambda e: 2 / e,
+            "val_loss": lambda e: 1.5 - 0.01 * e, "test_acc": lambda e: 0.45 + 0.01 * e, "time_s": lambda e: 60.0}
+    base.update(columns)
+    return [{"epoch": e, **{k: (v(e) if callable(v) else v[e - 1]) for k, v in base.items()}}
+            for e in range(1, epochs + 1)]
+
+
+def made_up_run(history, best=None, test=None, params=1000, bn_check=None) -> dict:
+    return {"history": history, "best": best, "test": test, "params_keras": params, "bn_check": bn_check,
+            "train_seconds": sum(r["time_s"] for r in history), "model": "m", "run_dir": "runs/m"}
+
+
+def made_up_report(accuracy: float, classes=FER2013_CLASSES) -> dict:
+    n = len(classes)
+    cm = [[10 if i == j else 1 for j in range(n)] for i in range(n)]
+    per_class = {c: {"precision": 0.6, "recall": 0.5 + 0.01 * i, "f1": 0.55, "support": 10 + n - 1}
+                 for i, c in enumerate(classes)}
+    return {"accuracy": accuracy, "macro_f1": accuracy - 0.05, "num_samples": n * (10 + n - 1), "classes": list(classes),
+            "confusion_matrix": cm, "per_class": per_class}
+
+
+def test_best_row_is_what_fit_saved_not_the_best_epoch():
+    from ferlab.reproduce.core import best_row
+
+    h = made_up_history(4, val_acc=[0.5, 0.7, 0.6, 0.65])
+    assert best_row(made_up_run(h))["epoch"] == 2                        # a run recorded before fit said
+    averaged = best_row(made_up_run(h, best={"epoch": 4, "val_acc": 0.72, "averaged_epochs": [3, 4]}))
+    assert averaged["epoch"] == 4 and averaged["val_acc"] == 0.72        # --average-from: the average's accuracy
+    assert best_row(made_up_run(h, best={"epoch": 4, "val_acc": 0.65}))["epoch"] == 4   # --select last
+
+
+def test_triwijoyo2021_claims():
+    from ferlab.reproduce import triwijoyo2021
+
+    bn = made_up_run(made_up_history(20, train_acc=lambda e: 0.5 + 0.024 * e), params=2_787_015,
+                     best={"epoch": 12, "val_acc": 0.63}, bn_check={"recalibrated": 0.64})
+    nobn = made_up_run(made_up_history(20, train_acc=lambda e: 0.4 + 0.02 * e, train_loss=lambda e: 0.5))
+    claims = triwijoyo2021.claims({"epochs": 20, "n_train": 32298, "n_val": 3589, "bn": bn, "nobn": nobn})
+    ours = {c.claim: c.ours for c in claims}
+    assert len(claims) == 9
+    assert ours["With BN: training accuracy after 20 epochs"] == "98.00%"
+    assert "best 63.00% at epoch 12" in ours["With BN: validation accuracy after 20 epochs (overfitting)"]
+    assert "BN statistics recomputed (see below): 64.00%" in ours["With BN: validation accuracy after 20 epochs (overfitting)"]
+    assert ours["With BN: training accuracy above 90% by epoch 10"] == "74.00%"
+    assert ours["Without BN: training loss still above 0.30 at epoch 20"] == "0.500"
+    assert ours["Model size (Table 1)"] == "2,787,015"
+    short = triwijoyo2021.claims({"epochs": 1, "n_train": 140, "n_val": 42, "bn": made_up_run(made_up_history(1)),
+                                  "nobn": made_up_run(made_up_history(1))})
+    assert {c.claim: c.ours for c in short}["With BN: training accuracy above 90% by epoch 10"] == "not reached (1 epoch run)"
+    assert all("only 1 epoch run" in c.difference for c in short if "after 20 epochs" in c.claim)
+
+
+def test_li2023_claims():
+    from ferlab.reproduce import li2023
+
+    h = made_up_history(100, train_acc=lambda e: 0.6 - 0.3 / e ** 0.5)
+    claims = li2023.claims({e: h[:e] for e in (20, 40, 60, 80, 100)})
+    ours = {c.claim: c.ours for c in claims}
+    assert ours["Training accuracy at the end of training (epochs not stated; read as the longest run, 100)"] == "57.00% (epoch 100)"
+    assert ours["Improvement over the previous (shorter) training"].endswith("epoch 80 -> 100")
+    assert ours["More epochs: accuracy rises and loss falls"].startswith("yes: ")
+    assert ours["Gains shrink as training lengthens: the CNN converges"].startswith("yes: ")
+    assert ours["More epochs improve accuracy on unseen data (generalisation)"].startswith("yes: PrivateTest after 20 / 40")
+    falling = li2023.claims({1: made_up_history(1), 2: made_up_history(2, train_acc=[0.6, 0.5])})
+    assert {c.claim: c.ours for c in falling}["More epochs: accuracy rises and loss falls"].startswith("not monotone")
+
+
+def test_sarmah2023_claims():
+    from ferlab.reproduce import sarmah2023
+
+    search = {f: {"value": v, "number": 3, "params_keras": 5_000_000, "model_kwargs": {}}
+              for f, v in (("5conv", 0.62), ("8conv", 0.26))}
+    batch = {bs: made_up_run(made_up_history(2, val_acc=[0.3, acc])) for bs, acc in ((32, 0.5), (64, 0.45), (128, 0.4))}
+    final = {name: made_up_run(made_up_history(3), test=made_up_report(acc), params=5_228_487)
+             for name, acc in (("final-8conv-adam", 0.69), ("final-8conv-sgd", 0.68), ("final-5conv-adam", 0.7),
+                               ("baseline", 0.65))}
+    claims = sarmah2023.claims({"budget": sarmah2023.BUDGETS["cpu"], "search": search, "majority_rate": 0.25,
+                                "batch": batch, "final": final})
+    ours = {c.claim: c for c in claims}
+    assert "picked by noise" in ours["Random search, 8-conv family: best validation accuracy after 20 epochs"].difference
+    assert "noise" not in ours["Random search, 5-conv family: best validation accuracy after 20 epochs"].difference
+    assert ours["Batch size 32 gives the best results of 32 / 64 / 128"].ours.endswith("-> 32 best (val acc)")
+    assert ours["8-conv, Adam 1e-4, 150 epochs, augmentation: test accuracy"].ours.startswith("69.00% (best-val epoch 3 of 3")
+    assert ours["Final 8-conv model size"].ours == "5,228,487 (Keras-style count)"
+
+
+def test_bah2022_claims():
+    from ferlab.reproduce import bah2022
+
+    fer = {name: made_up_run(made_up_history(3), test=made_up_report(acc), params=9_773_111)
+           for name, acc in (("basic", 0.74), ("resnet", 0.75))}
+    ck = made_up_run(made_up_history(3), test=made_up_report(0.97, CKPLUS_CLASSES))
+    folds = [made_up_run(made_up_history(1), test=made_up_report(acc, CKPLUS_CLASSES)) for acc in (0.9, 0.95, 1.0)]
+    claims = bah2022.claims({"budget": bah2022.BUDGETS["smoke"], "fergit_sizes": {"train": 900, "val": 50, "test": 50},
+                             "fergit": fer, "ckplus_faces": 981, "ckplus_random": ck, "ckplus_folds": folds,
+                             "photos": [("astronaut", "smiling", "happy 86%", "photo-astronaut.jpg")], "cpus": 2})
+    ours = {c.claim: c.ours for c in claims}
+    assert ours["FERGIT composition and split"] == "1,000 faces, 900 / 50 / 50"
+    assert ours["Residual blocks improve FERGIT test accuracy"] == "+1.00 points"
+    assert ours["CK+, subject-independent 3-fold accuracy (not in the paper; the usual CK+ protocol)"].startswith(
+        "95.00% +- 4.08")
+    assert "astronaut: happy 86%" in ours["Personal photos: detect, crop, resize to 48x48, predict with confidence "
+                                          "(Figures 9-10)"]

@@ -24,15 +24,11 @@ from ferlab.evaluate import batchnorm_check, predict_probs
 from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
 from ferlab.data import load_run_data, load_with_splits
-from ferlab.train import TrainConfig, balanced_class_weights, config_from_args, describe_machine, fit, train_command
-from synthetic import synthetic_faces, wait_until, write_csv
+from ferlab.device import describe_machine
+from ferlab.train import BestWeights, TrainConfig, balanced_class_weights, config_from_args, fit, train_command
+from synthetic import synthetic_faces, wait_until
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
-
-
-@pytest.fixture(scope="module")
-def toy_csv(tmp_path_factory):
-    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv")
 
 
 # One torch thread per process: tiny models gain nothing from two, and two spin-waiting threads
@@ -43,14 +39,6 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     yield
-
-
-def ferlab(*args, check=True, timeout=300):
-    proc = subprocess.run([sys.executable, "-m", "ferlab", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=ONE_THREAD)
-    if check:
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -65,7 +53,7 @@ def tiny_config(data, **overrides) -> TrainConfig:
 
 
 def test_learns_separable_problem(toy_csv, tmp_path):
-    history = fit(tiny_config(toy_csv, epochs=6), tmp_path / "run", log=lambda *a: None)
+    history = fit(tiny_config(toy_csv, epochs=6), tmp_path / "run", log=lambda *a: None).history
     assert history[-1]["val_acc"] > 0.9
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     for name in ("best.safetensors", "last.pt", "metrics.csv", "curves.png"):
@@ -95,7 +83,7 @@ PAPER_MODELS_LEARNABLE = {
 def test_paper_model_learns_separable_problem(name, toy_csv, tmp_path):
     cfg = TrainConfig(model=name, model_kwargs=PAPER_MODELS_LEARNABLE[name], data=str(toy_csv), epochs=8, batch_size=32,
                       optimizer="adam", lr=1e-3, seed=0, amp="fp32")   # fp32: scored as batchnorm_check scores
-    history = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    history = fit(cfg, tmp_path / "run", log=lambda *a: None).history
     assert history[-1]["train_acc"] > 0.8
     check = batchnorm_check(tmp_path / "run", cfg)
     if check is None:   # no BN: eval mode scores what train mode learned
@@ -109,7 +97,7 @@ def test_recalibrated_batchnorm_during_training_selects_and_saves_what_eval_mode
     name = "sarmah2023_5conv"
     cfg = TrainConfig(model=name, model_kwargs=PAPER_MODELS_LEARNABLE[name], data=str(toy_csv), epochs=8, batch_size=32,
                       optimizer="adam", lr=1e-3, seed=0, recalibrate_bn=256, amp="fp32")
-    history = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    history = fit(cfg, tmp_path / "run", log=lambda *a: None).history
     assert history[-1]["val_acc"] > 0.9   # without recalibration this run's eval mode predicts one class
     model, _ = load_model(str(tmp_path / "run"))
     data = load_with_splits(str(toy_csv)).select("PublicTest")
@@ -130,7 +118,7 @@ def test_train_fraction_keeps_a_seeded_stratified_share():
 
 
 def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):
-    history = fit(tiny_config(toy_csv, epochs=8, mixup=0.4, cutmix=1.0), tmp_path / "run", log=lambda *a: None)
+    history = fit(tiny_config(toy_csv, epochs=8, mixup=0.4, cutmix=1.0), tmp_path / "run", log=lambda *a: None).history
     assert history[-1]["val_acc"] > 0.9
 
 
@@ -147,11 +135,11 @@ def test_distillation_learns_from_the_teacher_not_the_labels(toy_csv, tmp_path):
     with open(noisy, "w", newline="") as f:
         csv.writer(f).writerows(rows)
     quiet = dict(log=lambda *a: None)
-    assert fit(tiny_config(toy_csv, epochs=6), tmp_path / "teacher", **quiet)[-1]["val_acc"] > 0.9
-    alone = fit(tiny_config(noisy, epochs=6), tmp_path / "alone", **quiet)
+    assert fit(tiny_config(toy_csv, epochs=6), tmp_path / "teacher", **quiet).history[-1]["val_acc"] > 0.9
+    alone = fit(tiny_config(noisy, epochs=6), tmp_path / "alone", **quiet).history
     # the toy teacher is right but unsure (mean top probability ~0.5): T < 1 sharpens its targets
     distilled = fit(tiny_config(noisy, epochs=6, teacher=str(tmp_path / "teacher"), distill_weight=1.0,
-                                distill_temperature=0.25), tmp_path / "student", **quiet)
+                                distill_temperature=0.25), tmp_path / "student", **quiet).history
     assert max(r["val_acc"] for r in alone) < 0.5
     assert distilled[-1]["val_acc"] > 0.9
 
@@ -172,7 +160,7 @@ def test_distillation_learns_from_the_teacher_not_the_labels(toy_csv, tmp_path):
 
     export_model(str(tmp_path / "teacher"), tmp_path / "teacher.onnx", log=lambda *a: None)
     via_onnx = fit(tiny_config(noisy, epochs=6, teacher=str(tmp_path / "teacher.onnx"), distill_weight=1.0,
-                               distill_temperature=0.25), tmp_path / "student-onnx", **quiet)
+                               distill_temperature=0.25), tmp_path / "student-onnx", **quiet).history
     assert via_onnx[-1]["val_acc"] > 0.9
 
 
@@ -181,11 +169,11 @@ def test_init_fine_tunes_from_a_trained_model(toy_csv, tmp_path):
     from ferlab.train import load_init_weights
 
     quiet = dict(log=lambda *a: None)
-    assert fit(tiny_config(toy_csv, epochs=6), tmp_path / "source", **quiet)[-1]["val_acc"] > 0.9
+    assert fit(tiny_config(toy_csv, epochs=6), tmp_path / "source", **quiet).history[-1]["val_acc"] > 0.9
     # at a learning rate too small to learn anything in one epoch, only the copied weights can score
     still = dict(epochs=1, lr=1e-7)
-    assert fit(tiny_config(toy_csv, **still), tmp_path / "scratch", **quiet)[-1]["val_acc"] < 0.5
-    assert fit(tiny_config(toy_csv, init=str(tmp_path / "source"), **still), tmp_path / "tuned", **quiet)[-1]["val_acc"] > 0.9
+    assert fit(tiny_config(toy_csv, **still), tmp_path / "scratch", **quiet).history[-1]["val_acc"] < 0.5
+    assert fit(tiny_config(toy_csv, init=str(tmp_path / "source"), **still), tmp_path / "tuned", **quiet).history[-1]["val_acc"] > 0.9
 
     # other classes (CK+'s): every layer but the classifier comes from the source; the classifier keeps
     # the rows of the classes both name (anger = angry, sadness = sad) and starts contempt afresh
@@ -250,8 +238,12 @@ def test_weight_average_of_the_last_epochs(toy_csv, tmp_path):
     from ferlab.data import load_run_data
 
     cfg = tiny_config(toy_csv, epochs=4, average_from=0.5, select="last", ema=0.9, amp="fp32")
-    history = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    result = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    history = result.history
     assert [("avg_val_acc" in r) for r in history] == [False, False, True, True]   # epochs 3 and 4
+    assert result.best == BestWeights(4, history[-1]["avg_val_acc"], (3, 4)) == BestWeights.of_run(tmp_path / "run")
+    assert str(result.best) == "the average of epochs 3-4"
+    assert fit(cfg, tmp_path / "run", resume=True, log=lambda *a: None).best == result.best   # last.pt records it
     model, meta = load_model(str(tmp_path / "run" / "best.safetensors"))
     assert meta["averaged_epochs"] == [3, 4] and meta["val_acc"] == history[-1]["avg_val_acc"]
     val = load_run_data(cfg)[2]
@@ -265,7 +257,7 @@ def test_early_stopping_and_plateau(toy_csv, tmp_path):
     # statistics would move anyway): validation accuracy never improves after epoch 1.
     cfg = tiny_config(toy_csv, model="li2023", model_kwargs={}, epochs=20, lr=1e-7, schedule="plateau",
                       plateau_patience=1, plateau_factor=0.5, early_stop_patience=3, amp="fp32")
-    history = fit(cfg, tmp_path / "run", log=lambda *a: None)
+    history = fit(cfg, tmp_path / "run", log=lambda *a: None).history
     # Replay Keras' EarlyStopping rule on the logged accuracies (a borderline face may still flip).
     best, bad, expected_stop = -1.0, 0, None
     for row in history:
@@ -285,8 +277,9 @@ def test_select_last_keeps_the_last_epoch_whatever_validation_says(toy_csv, tmp_
     # so --select val_acc keeps epoch 1 (and a validation split trained on, as here, makes it meaningless).
     cfg = tiny_config(toy_csv, model="li2023", model_kwargs={}, epochs=3, lr=1e-12, amp="fp32",
                       train_splits="Training,PublicTest", val_splits="PublicTest")
-    fit(cfg, tmp_path / "by_val", log=lambda *a: None)
-    fit(TrainConfig(**{**asdict(cfg), "select": "last"}), tmp_path / "last", log=lambda *a: None)
+    by_val = fit(cfg, tmp_path / "by_val", log=lambda *a: None)
+    last_run = fit(TrainConfig(**{**asdict(cfg), "select": "last"}), tmp_path / "last", log=lambda *a: None)
+    assert by_val.best.epoch == 1 and last_run.best.epoch == 3 and str(last_run.best) == "epoch 3"
     assert load_weights(tmp_path / "by_val" / "best.safetensors")[1]["epoch"] == 1
     state, meta = load_weights(tmp_path / "last" / "best.safetensors")
     assert meta["epoch"] == 3
@@ -302,12 +295,12 @@ def test_balanced_class_weights():
 
 
 def test_class_weights_change_training(toy_csv, tmp_path):
-    a = fit(tiny_config(toy_csv, epochs=1, amp="fp32"), tmp_path / "a", log=lambda *a: None)
-    b = fit(tiny_config(toy_csv, epochs=1, amp="fp32", class_weights="balanced"), tmp_path / "b", log=lambda *a: None)
+    a = fit(tiny_config(toy_csv, epochs=1, amp="fp32"), tmp_path / "a", log=lambda *a: None).history
+    b = fit(tiny_config(toy_csv, epochs=1, amp="fp32", class_weights="balanced"), tmp_path / "b", log=lambda *a: None).history
     assert a[0]["train_loss"] != b[0]["train_loss"]
 
 
-def test_killed_run_resumes_to_the_same_end(toy_csv, tmp_path):
+def test_killed_run_resumes_to_the_same_end(ferlab, toy_csv, tmp_path):
     args = ["train", *TINY, "--data", toy_csv, "--epochs", 8, "--batch-size", 32, "--optimizer", "sgd", "--lr", 0.05,
             "--schedule", "onecycle", "--augment", "fernet", "--ema", 0.9, "--label-smoothing", 0.1, "--average-from", 0.25]
     ferlab(*args, "--out", tmp_path / "straight")
@@ -353,19 +346,19 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     (["--augment", "wild"], "--augment must be one of"),
     (["--mixup", "-1"], "--mixup and --cutmix are Beta alphas"),
 ])
-def test_bad_options_fail_in_one_line(toy_csv, tmp_path, extra, message):
+def test_bad_options_fail_in_one_line(ferlab, toy_csv, tmp_path, extra, message):
     proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", tmp_path / "r", *extra, check=False)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_bad_data_path_fails_cleanly(tmp_path):
+def test_bad_data_path_fails_cleanly(ferlab, tmp_path):
     proc = ferlab("train", *TINY, "--data", tmp_path / "missing.csv", "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_run_directory_is_never_overwritten(toy_csv, tmp_path):
+def test_run_directory_is_never_overwritten(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
@@ -376,7 +369,7 @@ def test_run_directory_is_never_overwritten(toy_csv, tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_corrupt_checkpoint_on_resume(toy_csv, tmp_path):
+def test_corrupt_checkpoint_on_resume(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
     (run / "last.pt").write_bytes(b"not a checkpoint")
@@ -384,7 +377,7 @@ def test_corrupt_checkpoint_on_resume(toy_csv, tmp_path):
     assert proc.returncode == 2 and "last.pt" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_resume_rejects_checkpoint_of_another_model(toy_csv, tmp_path):
+def test_resume_rejects_checkpoint_of_another_model(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
     config = json.loads((run / "config.json").read_text())
@@ -394,7 +387,7 @@ def test_resume_rejects_checkpoint_of_another_model(toy_csv, tmp_path):
     assert proc.returncode == 2 and "does not match" in proc.stderr
 
 
-def test_recipes_fill_options(toy_csv, tmp_path):
+def test_recipes_fill_options(ferlab, toy_csv, tmp_path):
     proc = ferlab("recipes")
     for name in ("triwijoyo2021", "sarmah2023", "bah2022", "li2023", "fernet"):
         assert name in proc.stdout
@@ -419,7 +412,7 @@ def test_train_command_recreates_the_config(tmp_path, recipe):
     assert asdict(parsed) == {**config, "data": "fer2013.csv.gz", "ferplus": "fer2013new.csv"}
 
 
-def test_ferplus_soft_targets_train_an_8_class_model(toy_csv, tmp_path):
+def test_ferplus_soft_targets_train_an_8_class_model(ferlab, toy_csv, tmp_path):
     """--ferplus --targets soft: FER+ vote distributions as targets, contempt as an eighth class,
     and `ferlab evaluate RUN` scores it against the FER+ majority labels."""
     with open(toy_csv) as f:
@@ -451,7 +444,7 @@ def test_ferplus_soft_targets_train_an_8_class_model(toy_csv, tmp_path):
     assert "with FER+ labels (fer2013new.csv)" in (tmp_path / "eval" / "report.md").read_text().splitlines()[0]
 
 
-def test_evaluate_writes_report(toy_csv, tmp_path):
+def test_evaluate_writes_report(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 4, "--lr", 3e-3, "--out", run)
     out = tmp_path / "eval"
@@ -476,7 +469,7 @@ def test_evaluate_writes_report(toy_csv, tmp_path):
     assert missing.returncode == 2 and "nosuchrun: not a weights file, run directory or bundled model" in missing.stderr
 
 
-def test_subject_folds_train_and_evaluate_on_the_same_split(tmp_path):
+def test_subject_folds_train_and_evaluate_on_the_same_split(ferlab, tmp_path):
     """--folds K --fold I: fold I tests, fold I+1 validates, no subject on two sides, and evaluate
     given the same options scores exactly that fold's faces."""
     images, labels = synthetic_faces(90, seed=3)
@@ -504,7 +497,7 @@ def test_subject_folds_train_and_evaluate_on_the_same_split(tmp_path):
     assert bad.returncode == 2 and "--folds >= 3" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_data_parallel_matches_single_process(toy_csv, tmp_path):
+def test_data_parallel_matches_single_process(ferlab, toy_csv, tmp_path):
     """torchrun with 2 CPU processes (gloo) vs one process with the same global batch."""
     common = ["train", *TINY, "--data", toy_csv, "--epochs", 3, "--batch-size", 32, "--amp", "fp32", "--lr", 3e-3]
     ferlab(*common, "--out", tmp_path / "single")

@@ -15,15 +15,15 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from ferlab.cli import main  # noqa: E402
-from synthetic import wait_until, write_csv  # noqa: E402
+from synthetic import wait_until  # noqa: E402
 
 TINY_SPACE = '{"first_filters": [4, 8, 4], "max_filters": [8, 16, 8]}'
 ENV = {"OMP_NUM_THREADS": "1"}  # the machine is shared: one thread per worker
 
 
 @pytest.fixture(scope="module")
-def toy_csv(tmp_path_factory):
-    return write_csv(tmp_path_factory.mktemp("data") / "toy.csv", n_train=140, n_val=42, n_test=42)
+def toy_csv(make_toy_csv):
+    return make_toy_csv(140, 42, 42)   # a third of the default: every trial trains on it
 
 
 def tune_args(data, tmp: Path, trials: int, *extra) -> list[str]:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import ferlab.video as video
-from ferlab.cli import main
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES
 
@@ -29,15 +28,10 @@ def clip(tmp_path_factory, astronaut):
     return path
 
 
-def run_cli(capsys, *argv):
-    code = main(list(map(str, argv)))
-    out, err = capsys.readouterr()
-    return code, out, err
 
-
-def test_video_timeline_and_annotated_mp4(capsys, clip, fernet_weights, tmp_path):
+def test_video_timeline_and_annotated_mp4(cli, capsys, clip, fernet_weights, tmp_path):
     out_mp4, out_csv = tmp_path / "ann.mp4", tmp_path / "timeline.csv"
-    code, out, err = run_cli(capsys, "video", clip, "--model", fernet_weights, "--out", out_mp4, "--csv", out_csv,
+    code, out, err = cli("video", clip, "--model", fernet_weights, "--out", out_mp4, "--csv", out_csv,
                              "--every", "2", "--smooth", "3")
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
@@ -59,8 +53,8 @@ def test_video_timeline_and_annotated_mp4(capsys, clip, fernet_weights, tmp_path
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_video_csv_to_stdout(capsys, clip, fernet_weights):
-    code, out, err = run_cli(capsys, "video", clip, "--model", fernet_weights, "--every", "4")
+def test_video_csv_to_stdout(cli, capsys, clip, fernet_weights):
+    code, out, err = cli("video", clip, "--model", fernet_weights, "--every", "4")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [r["frame"] for r in rows] == ["0", "4"] and "smoothed_label" not in rows[0]
@@ -81,20 +75,20 @@ def test_smoother_follows_the_nearest_face():
     assert out[0]["smoothed_probs"]["a"] == pytest.approx(0.3)
 
 
-def test_video_that_cannot_be_opened(capsys, fernet_weights, tmp_path):
+def test_video_that_cannot_be_opened(cli, capsys, fernet_weights, tmp_path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 100)
-    code, out, err = run_cli(capsys, "video", bad, "--model", fernet_weights)
+    code, out, err = cli("video", bad, "--model", fernet_weights)
     assert code == 2 and err.strip().splitlines() == [f"ferlab video: error: {bad}: cannot open as a video "
                                                       "(not a video, or a codec OpenCV cannot read)"]
-    code, out, err = run_cli(capsys, "video", tmp_path / "missing.mp4", "--model", fernet_weights)
+    code, out, err = cli("video", tmp_path / "missing.mp4", "--model", fernet_weights)
     assert code == 2 and "missing.mp4: no such video file" in err
 
 
-def test_video_unwritable_output(capsys, clip, fernet_weights, tmp_path):
+def test_video_unwritable_output(cli, capsys, clip, fernet_weights, tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    code, out, err = run_cli(capsys, "video", clip, "--model", fernet_weights, "--out", blocker / "a.mp4")
+    code, out, err = cli("video", clip, "--model", fernet_weights, "--out", blocker / "a.mp4")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "file.txt/a.mp4" in err
 
 
@@ -110,7 +104,7 @@ def test_webcam_needs_a_display(monkeypatch):
         video.check_display()
 
 
-def test_webcam_without_a_camera(capsys, monkeypatch, fernet_weights):
+def test_webcam_without_a_camera(cli, capsys, monkeypatch, fernet_weights):
     monkeypatch.setattr(video, "check_display", lambda: None)
-    code, out, err = run_cli(capsys, "webcam", "--camera", "57", "--model", fernet_weights)
+    code, out, err = cli("webcam", "--camera", "57", "--model", fernet_weights)
     assert code == 2 and err.strip().splitlines() == ["ferlab webcam: error: camera 57: cannot be opened (no such camera, or it is busy)"]

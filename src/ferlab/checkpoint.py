@@ -7,18 +7,20 @@ goes to a temporary file in the same directory and is renamed into place, so a k
 leaves either the old file or the new one, never half of one.
 
 `load_model` also takes the .onnx files `ferlab export` writes (fp32 or int8), run by onnxruntime
-(ferlab.export.OnnxModel): a bundled `default-int8` is the default model's int8 export.
+(ferlab.onnxrt.OnnxModel): a bundled `default-int8` is the default model's int8 export.
 """
 
 import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ferlab.atomic import atomic_write
 from ferlab.errors import FerlabError
+from ferlab.models import create_model
+from ferlab.onnxrt import load_onnx
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -42,7 +44,6 @@ def load_weights(path) -> tuple[dict, dict]:
         raise FerlabError(f"{path}: no such weights file")
     try:
         state = load_file(str(path))
-        from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("ferlab", "{}"))
     except (SafetensorError, OSError, ValueError) as e:
@@ -70,12 +71,8 @@ def resolve_weights(spec: str) -> Path:
 
 def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from its weights file; returns (model in eval mode, metadata/model card)."""
-    from ferlab.models import create_model
-
     path = resolve_weights(spec)
     if path.suffix == ".onnx":
-        from ferlab.export import load_onnx
-
         if not path.is_file():
             raise FerlabError(f"{path}: no such ONNX file")
         model, meta = load_onnx(path)

@@ -24,7 +24,7 @@ COMMANDS = {
     "export": ("ferlab.export", "export a model to ONNX"),
     "serve": ("ferlab.serve", "run the HTTP service"),
     "tune": ("ferlab.tune", "sarmah2023's random search over its CNN families (Optuna)"),
-    "reproduce": ("ferlab.reproduce", "rerun a paper's experiments and write the report"),
+    "reproduce": ("ferlab.reproduce.cli", "rerun a paper's experiments and write the report"),
 }
 
 

@@ -14,7 +14,8 @@ import cv2
 
 from ferlab.checkpoint import WEIGHTS_DIR
 from ferlab.errors import FerlabError
-from ferlab.predict import Recognizer, check_writable_dir, draw_faces, rounded, write_image
+from ferlab.images import check_writable_dir, draw_faces, rounded, write_image
+from ferlab.recognizer import Recognizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,14 +7,14 @@ MODEL is a run directory, a weights file, an .onnx file from `ferlab export` or 
 form an ensemble that averages their probabilities (they must share their classes). `--tta flip`
 averages each face with its mirror image; `--tta tencrop` averages ten 44x44 crops (corners,
 centre, and their mirrors) resized back to 48x48. TTA and ensembling are those of
-`ferlab.predict.Recognizer` (both use ferlab.tta): `Recognizer([MODEL, ...], tta=...)` gives the
+`ferlab.Recognizer` (both run `ferlab.inference.batched_probs`): `Recognizer([MODEL, ...], tta=...)` gives the
 same faces the same fp32 probabilities as the ones measured here.
 
 Without --data, a run directory is scored on the data it was trained with, split as in training
 (its seed and --folds/--fold), and by default on its test split (PrivateTest for FER2013).
 
 `--recalibrate-bn SPLITS` first recomputes every BatchNorm layer's statistics on those splits, in
-the state the model is scored in (see `recalibrate_batchnorm`): a diagnosis for short runs of the
+the state the model is scored in (see `ferlab.batchnorm`): a diagnosis for short runs of the
 papers' Keras-style models, whose stored statistics can make them predict a single class.
 """
 
@@ -27,73 +27,28 @@ import numpy as np
 import torch
 
 from ferlab.atomic import atomic_write_text
-from ferlab.checkpoint import check_same_classes, load_model, resolve_weights
+from ferlab.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from ferlab.checkpoint import check_same_classes, load_model, load_state, resolve_weights
+from ferlab.data import default_splits, load_run_data, load_with_splits
+from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
-from ferlab.tta import TTA_MODES, check_tta, tta_probs
+from ferlab.inference import batched_probs, model_forward
+from ferlab.metrics import classification_report, plot_confusion, report_markdown
+from ferlab.models import create_model
+from ferlab.tta import TTA_MODES
 
 
-@torch.inference_mode()
 def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size: int = 256,
                   device="cpu", amp: str = "fp32") -> np.ndarray:
     """Class probabilities (N, C) for uint8 faces (N, 48, 48) with the given test-time augmentation."""
-    from ferlab.train import autocast_dtype, to_input
-
-    check_tta(tta)
     device = torch.device(device)
-    dtype = autocast_dtype(amp, device)
-    model.eval()
-    images = torch.from_numpy(np.ascontiguousarray(images_u8))
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start:start + batch_size], device, channels_last=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out.append(tta_probs(model, x, tta).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
-def batchnorm_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, images_u8: np.ndarray, *, batch_size: int = 64, device="cpu") -> int:
-    """Replace every BatchNorm layer's running mean and variance by their average over `images_u8`
-    (uint8 faces, no augmentation), computed with dropout off; returns the number of BN layers.
-
-    Why: a BN layer gathers its running statistics in training mode. Behind a dropout layer, those
-    statistics include dropout's rescaled, higher-variance activations, which eval mode never sees
-    (the "variance shift" of Li et al., CVPR 2019). Keras' BN momentum of 0.99 also lets the statistics
-    lag behind fast-changing early weights. In short runs of the papers' models both can make an eval-mode
-    model that fits its training faces in train mode predict one class. Recomputing the statistics in
-    the state the model is scored in removes both effects without changing any learned weight."""
-    from ferlab.train import to_input
-
-    norms = batchnorm_layers(model)
-    if not norms:
-        return 0
-    device = torch.device(device)
-    model.eval()
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None   # a cumulative average over the batches, not an exponential one
-        m.train()
-    images = torch.from_numpy(np.ascontiguousarray(images_u8))
-    for start in range(0, len(images), batch_size):
-        model(to_input(images[start:start + batch_size], device, channels_last=True))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.eval()
-    return len(norms)
+    return batched_probs(model_forward(model, device, amp), images_u8, tta, batch_size, device=device,
+                         channels_last=True)
 
 
 def batchnorm_check(run: Path, cfg, *, max_images: int = 4096, seed: int = 0, device="cpu") -> dict | None:
     """A run's last-epoch weights (last.pt) scored on its test split (else validation) as trained, and
     again after recalibrate_batchnorm on up to max_images of its training faces; None without BN layers."""
-    from ferlab.checkpoint import load_state
-    from ferlab.models import create_model
-    from ferlab.data import load_run_data
-
     data, train, val, test = load_run_data(cfg)
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(data.classes)})
     if not batchnorm_layers(model):
@@ -140,7 +95,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.tta)")
     p.add_argument("--recalibrate-bn", metavar="SPLITS", default="",
                    help="recompute BatchNorm statistics on these splits of --data first, dropout off (a diagnosis for "
-                        "short runs of the papers' models; see ferlab.evaluate.recalibrate_batchnorm)")
+                        "short runs of the papers' models; see ferlab.batchnorm)")
     p.add_argument("--out", type=Path, help="report directory (default: <run dir>/eval-<split>-<tta>, or ./eval-<split>-<tta>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",
@@ -173,10 +128,6 @@ def fill_data_options(args) -> None:
 
 
 def run(args) -> int:
-    from ferlab.metrics import classification_report, plot_confusion, report_markdown
-    from ferlab.data import default_splits, load_with_splits
-    from ferlab.train import resolve_device
-
     fill_data_options(args)
     device = resolve_device(args.device)
     data = load_with_splits(args.data, args.ferplus, args.seed, args.folds, args.fold)

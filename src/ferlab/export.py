@@ -32,21 +32,24 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 from ferlab.atomic import atomic_write
+from ferlab.checkpoint import load_model
+from ferlab.data import load_dataset
 from ferlab.errors import FerlabError
+from ferlab.inference import batched_probs
+from ferlab.onnxrt import INPUT_NAME, OUTPUT_NAME, OnnxModel, read_metadata
+from ferlab.spec import CLASSES, FACE_CROP, INPUT_SIZE
 
-INPUT_NAME, OUTPUT_NAME = "faces", "logits"
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over all softmax probabilities
-INPUT_SIZE = 48
 PREPROCESSING = {
     "input": INPUT_NAME, "shape": ["N", 1, INPUT_SIZE, INPUT_SIZE], "dtype": "float32",
     "pixels": "grayscale, value / 255 (range [0, 1])",
-    "face_crop": "square of 1.15 x the face box side around its centre (MediaPipe box, centre 3% of the box higher), "
-                 "rotated so the eyes are level, area-resized to 48x48 (ferlab.faces.crop_faces)",
+    "face_crop": FACE_CROP,
     "output": f"{OUTPUT_NAME}: (N, classes) float32; softmax gives the class probabilities",
 }
 
@@ -89,27 +92,12 @@ def set_metadata(proto, metadata: dict) -> None:
     proto.producer_name = "ferlab"
 
 
-def read_metadata(path_or_bytes) -> dict:
-    """The ferlab.* metadata of an ONNX file, JSON values decoded."""
-    import onnx
-
-    proto = onnx.load_from_string(path_or_bytes) if isinstance(path_or_bytes, bytes) else onnx.load(str(path_or_bytes))
-    out = {}
-    for p in proto.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except ValueError:
-            out[p.key] = p.value
-    return out
-
-
 def onnx_card(card: dict, opset: int, quantization: str = "none") -> dict:
     """The metadata stored in the ONNX file, from a model card as load_model returns it."""
     weights = card.get("weights_path")
     classes = card.get("classes")
     if not classes:
-        from ferlab.labels import FER2013_CLASSES
-        classes = list(FER2013_CLASSES)
+        classes = list(CLASSES)
     public = {k: v for k, v in card.items() if k != "weights_path"}
     if weights:
         public["weights_file"] = Path(weights).name
@@ -132,85 +120,14 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-# ---- running ----------------------------------------------------------------------------------
+# ---- parity ----------------------------------------------------------------------------------
 
-def create_session(model, threads: int | None = None):
-    """An onnxruntime CPU session for ONNX bytes or a file. threads: intra-op threads (default:
-    torch's thread count, so --threads governs both backends). Idle worker threads do not spin:
-    on a machine busy with other work spinning threads slow everyone down."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, threads or torch.get_num_threads())
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for bad files
-        raise FerlabError(f"onnxruntime cannot load the model: {str(e).strip().splitlines()[0][:300]}") from None
-
-
-class OnnxModel(torch.nn.Module):
-    """An ONNX file written by `ferlab export` (fp32 or int8), run by onnxruntime behind nn.Module's
-    interface, so evaluate, TTA, Recognizer and --teacher use it as they use a PyTorch model.
-    Inference only: it has no parameters to train, fine-tune or export again. Outputs come back
-    on the input's device; onnxruntime itself runs on the CPU."""
-
-    def __init__(self, source, threads: int | None = None):
-        super().__init__()
-        self.session = create_session(source, threads)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        faces = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: faces})[0]).to(x.device)
-
-
-def load_onnx(path) -> tuple[OnnxModel, dict]:
-    """An exported ONNX file -> (OnnxModel, model card); the card is the one export embedded."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise FerlabError(f"{path}: running ONNX models needs onnx and onnxruntime (pip install 'ferlab[onnx]')") from None
-    try:
-        meta = read_metadata(path)
-    except Exception as e:  # onnx raises DecodeError and others for files that are not ONNX
-        raise FerlabError(f"{path}: not a readable ONNX file ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__})") from None
-    if "ferlab.model" not in meta:
-        raise FerlabError(f"{path}: an ONNX file without ferlab's metadata (export it with `ferlab export`)")
-    card = {**meta.get("ferlab.card", {}), "model": meta["ferlab.model"], "classes": meta["ferlab.classes"],
-            "quantization": meta.get("ferlab.quantization", "none"), "onnx_opset": meta.get("ferlab.opset")}
-    return OnnxModel(path), card
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def onnx_probabilities(session, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """(N, 48, 48) or (N, 1, 48, 48) float32 in [0, 1] -> (N, C) probabilities."""
-    x = np.asarray(x, np.float32).reshape(len(x), 1, INPUT_SIZE, INPUT_SIZE)
-    out = [session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x[i:i + batch_size])})[0]
-           for i in range(0, len(x), batch_size)]
-    return softmax(np.concatenate(out).astype(np.float64)).astype(np.float32)
-
-
-@torch.inference_mode()
-def torch_probabilities(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The PyTorch fp32 reference for onnx_probabilities."""
-    x = torch.from_numpy(np.asarray(x, np.float32).reshape(len(x), 1, INPUT_SIZE, INPUT_SIZE))
+def compare(model: torch.nn.Module, onnx_model: OnnxModel, faces: np.ndarray) -> dict:
+    """Max abs softmax difference and top-1 agreement of an ONNX model against the PyTorch fp32 model,
+    both run through the loop evaluate and the Recognizer use."""
     device = next(model.parameters()).device
-    return torch.cat([model(x[i:i + batch_size].to(device)).float().softmax(1).cpu()
-                      for i in range(0, len(x), batch_size)]).numpy()
-
-
-def compare(model: torch.nn.Module, session, faces: np.ndarray) -> dict:
-    """Max abs softmax difference and top-1 agreement of an ONNX session against the torch model."""
-    ref, got = torch_probabilities(model, faces), onnx_probabilities(session, faces)
+    ref = batched_probs(model, faces, device=device)
+    got = batched_probs(onnx_model, faces)
     return {"max_abs_diff": float(np.abs(ref - got).max()),
             "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()), "faces": len(faces)}
 
@@ -223,7 +140,6 @@ ASTRONAUT_BOX = (174, 68, 104, 104)  # MediaPipe's box of the face in skimage.da
 def astronaut_faces(n: int = 64, seed: int = 0) -> np.ndarray:
     """(n, 48, 48) float32: the astronaut's face under random zoom (0.85-1.4), rotation (±20°),
     shift (±10%), mirror, brightness/contrast and sensor noise; the first is the plain crop."""
-    import cv2
     try:
         from skimage import data
     except ImportError:
@@ -255,8 +171,6 @@ def astronaut_faces(n: int = 64, seed: int = 0) -> np.ndarray:
 def dataset_faces(spec: str, n: int = 256, seed: int = 0) -> np.ndarray:
     """(n, 48, 48) float32: n faces drawn at random (seeded) from a data set (its Training split
     when it has one: calibration must not see the test faces)."""
-    from ferlab.data import load_dataset
-
     ds = load_dataset(spec)
     if "Training" in ds.split_names():
         ds = ds.select("Training")
@@ -303,8 +217,6 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray) -> bytes:
 def export_model(spec: str, out, *, opset: int = DEFAULT_OPSET, quantize: str = "none", data: str | None = None,
                  log=print) -> dict:
     """Export MODEL (run dir, weights file or bundled name) to `out`; returns the sidecar card."""
-    from ferlab.checkpoint import load_model
-
     out = Path(out)
     if out.is_dir():
         raise FerlabError(f"{out}: is a directory, expected an .onnx file name")
@@ -325,7 +237,7 @@ def export_model(spec: str, out, *, opset: int = DEFAULT_OPSET, quantize: str = 
         raise FerlabError(f"{spec}: already an ONNX model; export its PyTorch weights (a run directory or .safetensors file)")
     faces = dataset_faces(data) if data else astronaut_faces()
     fp32 = to_onnx(model, opset, onnx_card(card, opset))
-    parity = compare(model, create_session(fp32), faces)
+    parity = compare(model, OnnxModel(fp32), faces)
     log(f"parity (onnxruntime fp32 vs PyTorch fp32, {len(faces)} faces): max |softmax diff| = "
         f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.1%}")
     if not parity["max_abs_diff"] < PARITY_TOLERANCE:
@@ -339,7 +251,7 @@ def export_model(spec: str, out, *, opset: int = DEFAULT_OPSET, quantize: str = 
         set_metadata(proto, {"ferlab.quantization": "int8 static QDQ (per-channel int8 weights, uint8 activations)",
                              "ferlab.calibration": data or "skimage astronaut variants"})
         result = proto.SerializeToString()
-        int8 = compare(model, create_session(result), faces)
+        int8 = compare(model, OnnxModel(result), faces)
         log(f"int8 vs PyTorch fp32: max |softmax diff| = {int8['max_abs_diff']:.3f}, "
             f"top-1 agreement {int8['top1_agreement']:.1%}")
         report["int8_vs_fp32"] = int8

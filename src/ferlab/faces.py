@@ -38,8 +38,8 @@ import cv2
 import numpy as np
 
 from ferlab.errors import FerlabError
+from ferlab.spec import CROP_SCALE, CROP_SHIFT, INPUT_SIZE
 
-INPUT_SIZE = 48  # side of the classifier's input
 MIN_SIDE = 8  # images smaller than this (either side) contain no face
 
 
@@ -226,7 +226,7 @@ def downscale(image: np.ndarray, max_side: int) -> tuple[np.ndarray, tuple[float
     return small, (w / size[0], h / size[1])
 
 
-def crop_faces(image_rgb: np.ndarray, faces: list[Face], crop_scale: float = 1.15, crop_shift: float = -0.03,
+def crop_faces(image_rgb: np.ndarray, faces: list[Face], crop_scale: float = CROP_SCALE, crop_shift: float = CROP_SHIFT,
                align: bool = True, size: int = INPUT_SIZE) -> np.ndarray:
     """Cut each face out as a size x size grayscale uint8 crop: (N, size, size).
 

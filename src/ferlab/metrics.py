@@ -3,6 +3,8 @@ precision/recall/F1/support, confusion matrix, learning curves. NumPy only; plot
 
 import numpy as np
 
+from ferlab.atomic import atomic_write
+
 
 def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
     """Counts (num_classes, num_classes): rows are true classes, columns predictions."""
@@ -54,8 +56,6 @@ def report_markdown(report: dict, title: str) -> str:
 
 
 def _savefig(fig, path) -> None:
-    from ferlab.atomic import atomic_write
-
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 

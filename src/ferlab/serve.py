@@ -37,6 +37,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from ferlab.errors import FerlabError
+from ferlab.images import load_image
+from ferlab.recognizer import Recognizer, add_model_arguments, model_specs, recognizer_from_args
 
 STATIC_DIR = Path(__file__).parent / "static"
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers allowed on top of the file
@@ -88,8 +90,6 @@ def decode(data: bytes):
     """Image bytes -> (RGB pixels, scale) via predict.load_image (EXIF orientation, JPEG draft
     decoding of huge photos, Pillow's decompression-bomb limit); ApiError for bad input."""
     from PIL import Image
-
-    from ferlab.predict import load_image
 
     if not data:
         raise ApiError(400, "the uploaded file is empty")
@@ -168,8 +168,6 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, recognizer=None,
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from ferlab.predict import Recognizer
-
     @asynccontextmanager
     async def lifespan(app):
         rec = recognizer if recognizer is not None else await run_in_threadpool(lambda: Recognizer(model, **recognizer_kwargs))
@@ -241,8 +239,6 @@ def is_loopback(host: str) -> bool:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ferlab.predict import add_model_arguments
-
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted photo in MB (default 10)")
@@ -258,7 +254,6 @@ def run(args) -> int:
         import multipart  # noqa: F401  (python-multipart)
     except ImportError as e:
         raise FerlabError(f"ferlab serve needs fastapi, uvicorn and python-multipart (pip install 'ferlab[serve]'): {e}") from None
-    from ferlab.predict import model_specs, recognizer_from_args
 
     if not 0 < args.port < 65536:
         raise FerlabError(f"--port must be 1-65535, got {args.port}")

@@ -18,7 +18,6 @@ import io
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -27,15 +26,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ferlab.augment import AUGMENT_PRESETS, apply_augment, get_augment, mix_batch, sample_params
 from ferlab.atomic import atomic_write_text
-from ferlab.checkpoint import load_state, save_state, save_weights
+from ferlab.batchnorm import recalibrate_batchnorm
+from ferlab.checkpoint import load_model, load_state, load_weights, save_state, save_weights
 from ferlab.data import load_run_data
+from ferlab.data.splits import check_fold
+from ferlab.device import autocast_dtype, describe_machine, resolve_device, to_input
 from ferlab.errors import FerlabError
+from ferlab.inference import batched_logits, model_forward
+from ferlab.labels import canonical_name
+from ferlab.metrics import plot_curves
+from ferlab.models import create_model
+from ferlab.onnxrt import OnnxModel
+from ferlab.recipes import get_recipe
+from ferlab.spec import input_card
 from ferlab.tta import tta_probs
 
 
@@ -119,7 +130,6 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or not 0 < self.train_fraction <= 1:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
         if self.folds or self.fold:
-            from ferlab.data.splits import check_fold
             check_fold(self.folds, self.fold)
         if self.recalibrate_bn < 0:
             raise FerlabError("--recalibrate-bn is a number of training faces: >= 0 (0: off)")
@@ -146,53 +156,7 @@ def parse_source_weights(text: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Devices, processes, precision
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FerlabError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FerlabError("--device cuda requested but CUDA is not available")
-    return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """True where the hardware runs bf16 natively (AVX-512 BF16/AMX CPUs, Ampere+ GPUs). Elsewhere
-    bf16 is emulated: measured 7.6x slower than fp32 for FERNet-M inference on an AVX2-only CPU."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the hardware runs it natively, else None (fp32)."""
-    if amp == "fp32":
-        return None
-    supported = native_bf16(device)
-    if amp == "bf16" and not supported:
-        raise FerlabError(f"--amp bf16 is not supported on this {device.type}")
-    return torch.bfloat16 if supported else None
-
-
-def describe_machine(device: torch.device | None = None) -> str:
-    """What a measured time depends on, in one line: CPU model, cores, native bf16 or not, torch, threads.
-    The same run takes 2.5-3x longer on an AVX2-only CPU (fp32) than on one with AMX (bf16 autocast)."""
-    device = device or torch.device("cpu")
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    bf16 = "native bf16" if native_bf16(device) else "no native bf16: fp32"
-    return f"{cpu}, {os.cpu_count()} CPUs, {bf16}, torch {torch.__version__}, {torch.get_num_threads()} threads"
-
+# Processes
 
 @dataclass
 class Dist:
@@ -208,17 +172,15 @@ def init_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
-    import torch.distributed as dist
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size())
 
 
 def all_reduce_sum(values: list[float], d: Dist) -> list[float]:
     if d.world == 1:
         return values
-    import torch.distributed as dist
     t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+    torch.distributed.all_reduce(t)
     return t.tolist()
 
 
@@ -316,16 +278,8 @@ class EarlyStopping:
 # ---------------------------------------------------------------------------------------------
 # One epoch of training, one pass of evaluation
 
-def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, 48, 48) -> float (B, 1, 48, 48) in [0, 1] on the device."""
-    x = images_u8.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def load_teachers(cfg: TrainConfig, classes, device) -> list[nn.Module]:
     """The --teacher models in eval mode; each must name the data's classes in the same order."""
-    from ferlab.checkpoint import load_model
-
     teachers = []
     for spec in filter(None, (t.strip() for t in cfg.teacher.split(","))):
         model, card = load_model(spec, device)
@@ -340,10 +294,6 @@ def load_init_weights(model: nn.Module, cfg: TrainConfig, classes, log=print) ->
     classes differ from the data's, the classifier (every registry model ends in one nn.Linear)
     keeps the rows of the classes both name (CK+'s "sadness" is FER2013's "sad") and starts the
     others afresh."""
-    from ferlab.checkpoint import load_model
-    from ferlab.export import OnnxModel
-    from ferlab.labels import canonical_name
-
     source, card = load_model(cfg.init)
     if isinstance(source, OnnxModel):
         raise FerlabError(f"--init {cfg.init}: an ONNX model has no weights to train; start from its .safetensors or run directory")
@@ -446,20 +396,6 @@ def train_one_epoch(model, optimizer, images, targets, cfg: TrainConfig, *, devi
     return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
 
 
-@torch.inference_mode()
-def predict_logits(model, images: torch.Tensor, *, device, batch_size: int = 256, amp: str = "auto",
-                   channels_last: bool = True) -> torch.Tensor:
-    """Logits (N, C) float32 for uint8 images (N, 48, 48)."""
-    model.eval()
-    dtype = autocast_dtype(amp, device)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = to_input(images[start:start + batch_size], device, channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out.append(model(x).float().cpu())
-    return torch.cat(out) if out else torch.empty(0, 0)
-
-
 def evaluate_split(model, split, *, device, cfg: TrainConfig, class_weights=None, dist=Dist()) -> dict:
     """evaluate() on a FaceDataset; for a mix of sources also each source's accuracy ("acc_<source>")."""
     origins = split.origins if split.origins is not None else np.full(len(split), "")
@@ -479,7 +415,7 @@ def evaluate_split(model, split, *, device, cfg: TrainConfig, class_weights=None
 def evaluate(model, images, labels, *, device, cfg: TrainConfig, class_weights=None, dist=Dist()) -> dict:
     """Loss and accuracy on a split; each rank takes a 1/N slice and the sums are combined."""
     images, labels = images[dist.rank::dist.world], labels[dist.rank::dist.world]
-    logits = predict_logits(model, images, device=device, amp=cfg.amp, channels_last=cfg.channels_last)
+    logits = batched_logits(model_forward(model, device, cfg.amp), images, device=device, channels_last=cfg.channels_last)
     loss = F.cross_entropy(logits, labels, weight=class_weights, reduction="sum").item() if len(labels) else 0.0
     correct = (logits.argmax(1) == labels).sum().item() if len(labels) else 0
     loss, correct, n = all_reduce_sum([loss, correct, len(labels)], dist)
@@ -500,10 +436,37 @@ def data_names(data: str | list) -> str:
                       if ":" in spec and not Path(spec).exists() else Path(spec).name for spec in specs)
 
 
+@dataclass(frozen=True)
+class BestWeights:
+    """What a run's best.safetensors holds: the weights at the end of `epoch`, or with
+    --average-from the uniform average of the weights at the end of epochs averaged_epochs[0]..[1]."""
+    epoch: int
+    val_acc: float
+    averaged_epochs: tuple[int, int] | None = None
+
+    @classmethod
+    def of_run(cls, out: Path) -> "BestWeights":
+        """Read from the run's best.safetensors (its metadata says what it holds)."""
+        meta = load_weights(Path(out) / "best.safetensors")[1]
+        averaged = meta.get("averaged_epochs")
+        return cls(meta["epoch"], meta["val_acc"], tuple(averaged) if averaged else None)
+
+    def __str__(self) -> str:
+        if self.averaged_epochs:
+            return f"the average of epochs {self.averaged_epochs[0]}-{self.averaged_epochs[1]}"
+        return f"epoch {self.epoch}"
+
+
+@dataclass
+class FitResult:
+    history: list[dict]             # one row of metrics.csv per epoch
+    best: BestWeights | None        # what best.safetensors holds (None on ranks other than 0, which write no files)
+
+
 def weights_meta(cfg: TrainConfig, classes, epoch: int, metrics: dict) -> dict:
     return {"model": cfg.model, "model_kwargs": {**cfg.model_kwargs, "num_classes": len(classes)},
             "classes": list(classes), "epoch": epoch, "val_acc": metrics["val_acc"], "recipe": cfg.recipe,
-            "input": {"size": 48, "channels": 1, "scale": "pixels / 255"}}
+            "input": input_card()}
 
 
 def write_metrics(out: Path, history: list[dict], cfg: TrainConfig) -> None:
@@ -514,21 +477,49 @@ def write_metrics(out: Path, history: list[dict], cfg: TrainConfig) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write_text(out / "metrics.csv", buf.getvalue())
-    from ferlab.metrics import plot_curves
     plot_curves(history, out / "curves.png", title=f"{cfg.recipe or cfg.model} on {data_names(cfg.data)}")
 
 
+def normalized_config(saved: dict) -> dict:
+    """A saved config.json as TrainConfig would write it today (fields added since take their defaults)."""
+    try:
+        return json.loads(json.dumps(asdict(TrainConfig(**saved))))
+    except (TypeError, FerlabError):
+        return saved
+
+
+def open_run(out: Path, cfg: TrainConfig, resume: bool | None = None) -> bool:
+    """Make `out` the run directory of cfg and return whether `fit` resumes it.
+
+    resume None (tune, reproduce): resume when `out` holds this run's config.json and last.pt, start
+    afresh when it holds no run, and refuse (FerlabError) a directory whose config.json holds other
+    settings. resume True/False (`ferlab train`, whose options were checked by config_from_args):
+    as given. A new run's config.json is written here, by rank 0 only.
+    """
+    out = Path(out)
+    if resume is None:
+        if (out / "config.json").is_file():
+            saved, want = normalized_config(json.loads((out / "config.json").read_text())), json.loads(json.dumps(asdict(cfg)))
+            if saved != want:
+                diff = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in want.items() if saved.get(k) != v)
+                raise FerlabError(f"{out}: holds a run with other settings ({diff}); remove it or use another --out")
+        resume = (out / "config.json").is_file() and (out / "last.pt").is_file()
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+    return resume
+
+
 def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto", log=print,
-        on_epoch_end=None) -> list[dict]:
-    """Train per cfg into run directory `out`; returns the per-epoch metrics history.
+        on_epoch_end=None) -> FitResult:
+    """Train per cfg into run directory `out` (see open_run); returns the per-epoch metrics history
+    and what best.safetensors holds.
 
     on_epoch_end(row), if given, is called after each epoch's evaluation with its metrics (the same
     on every process); returning True ends the run after this epoch, as early stopping does (an
     Optuna pruner, a time budget).
     """
-    from ferlab.models import create_model
-    from torch.optim.swa_utils import AveragedModel
-
     device = resolve_device(device)
     d = init_distributed(device)
     torch.manual_seed(cfg.seed)
@@ -576,25 +567,24 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     # --average-from: the uniform average of eval_model's weights at the end of epochs average_start..now.
     average_start = int(round(cfg.average_from * cfg.epochs, 6)) + 1
     average = AveragedModel(eval_model, multi_avg_fn=average_update_fn(None), use_buffers=True) if cfg.average_from else None
-    history, best_acc, start_epoch = [], -1.0, 0
+    history, best_acc, best, start_epoch = [], -1.0, None, 0
+    # What last.pt holds besides the progress counters, saved and restored by the same keys.
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "ema": ema, "average": average,
+                "early_stopping": stopper}
 
     if resume:
         state = load_state(out / "last.pt")
         try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            for key, part in stateful.items():
+                if part is not None:
+                    part.load_state_dict(state[key])
         except (RuntimeError, ValueError, KeyError) as e:
             raise FerlabError(f"{out / 'last.pt'}: checkpoint does not match this model/optimizer ({str(e).splitlines()[0][:160]})") from None
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        if average is not None:
-            average.load_state_dict(state["average"])
-        stopper.load_state_dict(state["early_stopping"])
         gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         history, best_acc, start_epoch = state["history"], state["best_acc"], state["epoch"]
+        if d.main:   # a last.pt written before it recorded "best": best.safetensors says what it holds
+            best = BestWeights(**state["best"]) if state.get("best") else BestWeights.of_run(out)
         if d.main:
             log(f"resumed {out} after epoch {start_epoch}")
 
@@ -605,7 +595,6 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
             f"autocast {autocast_dtype(cfg.amp, device)}; {machine}")
     bn_faces = None
     if cfg.recalibrate_bn:   # the same faces every epoch (and on every rank)
-        from ferlab.evaluate import recalibrate_batchnorm
         bn_faces = train.images[np.sort(np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.recalibrate_bn])]
     stopped = bool(history) and history[-1].get("stopped", False)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -647,14 +636,12 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
             acc, chosen, extra = candidates[-1] if cfg.select == "last" else max(candidates, key=lambda c: c[0])
             if cfg.select == "last" or acc > best_acc:
                 best_acc = acc
+                best = BestWeights(epoch, acc, tuple(extra["averaged_epochs"]) if extra else None)
                 meta = {**weights_meta(cfg, classes, epoch, {"val_acc": acc}), **extra, "trained_on": machine}
                 save_weights(out / "best.safetensors", chosen, meta)
             save_state(out / "last.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                "average": average.state_dict() if average is not None else None,
-                "early_stopping": stopper.state_dict(), "epoch": epoch, "best_acc": best_acc, "history": history,
+                **{key: part.state_dict() if part is not None else None for key, part in stateful.items()},
+                "epoch": epoch, "best_acc": best_acc, "best": asdict(best) if best else None, "history": history,
                 "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}, "config": asdict(cfg),
             })
             write_metrics(out, history, cfg)
@@ -663,10 +650,9 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
                 f"val_loss {row['val_loss']:.4f} val_acc {row['val_acc']:.4f}{test_part} ({row['time_s']:.0f}s)"
                 + (" - early stop" if stopped else ""))
     if d.world > 1:
-        import torch.distributed as dist
-        dist.barrier()
-        dist.destroy_process_group()
-    return history
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return FitResult(history, best)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,8 +681,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> tuple[TrainConfig, Path]:
-    from ferlab.recipes import get_recipe
-
     explicit = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                 if getattr(args, f.name, None) is not None and f.name != "recipe"}
     if isinstance(explicit.get("data"), list) and len(explicit["data"]) == 1:
@@ -739,8 +723,6 @@ def train_command(config: dict) -> str:
     base = asdict(TrainConfig())
     words = ["ferlab", "train"]
     if config.get("recipe"):
-        from ferlab.recipes import get_recipe
-
         base.update(get_recipe(config["recipe"]))
         words += ["--recipe", config["recipe"]]
     for key, value in config.items():
@@ -759,16 +741,9 @@ def train_command(config: dict) -> str:
 
 def run(args) -> int:
     cfg, out = config_from_args(args)
-    if int(os.environ.get("RANK", "0")) == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
-    history = fit(cfg, out, resume=args.resume, device=args.device)
-    if int(os.environ.get("RANK", "0")) == 0 and history:
-        from ferlab.checkpoint import load_weights
-
-        meta = load_weights(out / "best.safetensors")[1]
-        averaged = meta.get("averaged_epochs")
-        what = f"the average of epochs {averaged[0]}-{averaged[1]}" if averaged else f"epoch {meta['epoch']}"
-        print(f"done: best.safetensors holds {what} (val_acc {meta['val_acc']:.4f}, --select {cfg.select}); run directory {out}")
+    resume = open_run(out, cfg, args.resume)
+    result = fit(cfg, out, resume=resume, device=args.device)
+    if result.best is not None:
+        print(f"done: best.safetensors holds {result.best} (val_acc {result.best.val_acc:.4f}, --select {cfg.select}); "
+              f"run directory {out}")
     return 0

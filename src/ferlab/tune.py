@@ -31,6 +31,7 @@ different settings is refused.
 """
 
 import argparse
+import csv
 import inspect
 import json
 import os
@@ -40,8 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ferlab.atomic import atomic_write_text
+from ferlab.data import load_dataset
 from ferlab.errors import FerlabError
+from ferlab.models import count_parameters, create_model
 from ferlab.models.sarmah2023 import SARMAH2023_SEARCH_SPACE
+from ferlab.train import TrainConfig, fit, open_run
 
 try:
     import fcntl
@@ -98,8 +102,6 @@ class TuneSettings:
 
     def train_config(self, params: dict):
         """The TrainConfig of one trial."""
-        from ferlab.train import TrainConfig
-
         return TrainConfig(model=self.model, model_kwargs={**self.model_kwargs, **params}, data=self.data,
                            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
                            augment=self.augment, test_splits="", seed=self.seed, train_fraction=self.train_fraction)
@@ -240,7 +242,6 @@ def open_study(storage, study_name: str, settings: TuneSettings, sampler: str, p
 # One trial
 
 def read_history(run: Path) -> list[dict]:
-    import csv
     if not (run / "metrics.csv").is_file():
         return []
     with open(run / "metrics.csv") as f:
@@ -251,9 +252,6 @@ def run_trial(trial, settings: TuneSettings, out: Path, device: str, log) -> flo
     """Train one trial in its run directory (resuming it if a dead worker left one) and return its
     best validation accuracy; pruned trials raise optuna.TrialPruned."""
     optuna = _optuna()
-    from ferlab.models import count_parameters, create_model
-    from ferlab.train import fit
-
     params = suggest(trial, settings.space)
     cfg = settings.train_config(params)
     # A retried trial inherits its user attrs, so it finds the run directory of the trial it retries.
@@ -264,17 +262,10 @@ def run_trial(trial, settings: TuneSettings, out: Path, device: str, log) -> flo
     n_params = count_parameters(create_model(cfg.model, **model_kwargs), keras_style=True)
     trial.set_user_attr("params_keras", n_params)
 
-    resume = (run / "last.pt").is_file() and (run / "config.json").is_file()
+    resume = open_run(run, cfg)
     if resume:
-        from ferlab.reproduce import normalized_config
-        saved = normalized_config(json.loads((run / "config.json").read_text()))
-        if saved != json.loads(json.dumps(asdict(cfg))):
-            raise FerlabError(f"{run}: holds a run with other settings than trial {trial.number}; remove it or use another --out")
         for row in read_history(run):   # the dead worker's epochs count for pruning too
             trial.report(row["val_acc"], row["epoch"])
-    else:
-        run.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run / "config.json", json.dumps(asdict(cfg), indent=2))
     log(f"trial {trial.number}: {cfg.model} {json.dumps(params)} ({n_params:,} params) -> {run}"
         + (" (resuming)" if resume else ""))
 
@@ -288,7 +279,7 @@ def run_trial(trial, settings: TuneSettings, out: Path, device: str, log) -> flo
         return False
 
     t0 = time.time()
-    history = fit(cfg, run, resume=resume, device=device, log=lambda m: log(f"  trial {trial.number} {m}"), on_epoch_end=on_epoch_end)
+    history = fit(cfg, run, resume=resume, device=device, log=lambda m: log(f"  trial {trial.number} {m}"), on_epoch_end=on_epoch_end).history
     best = max(history, key=lambda r: r["val_acc"])
     trial.set_user_attr("best_epoch", int(best["epoch"]))
     trial.set_user_attr("epochs_run", len(history))
@@ -317,7 +308,6 @@ def run_study(settings: TuneSettings, *, trials: int, storage: str = "sqlite:///
 
     if trials < 1 or settings.epochs < 1 or heartbeat < 1:
         raise FerlabError("--trials, --epochs and --heartbeat must be >= 1")
-    from ferlab.data import load_dataset
     settings.train_config({})                         # bad options and a bad --data fail here, not in a trial
     load_dataset(settings.data, seed=settings.seed)
     study_name = study_name or f"sarmah2023-{settings.family}"

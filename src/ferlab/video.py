@@ -24,9 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferlab.checkpoint import atomic_write
+from ferlab.atomic import atomic_write
 from ferlab.errors import FerlabError
-from ferlab.predict import add_model_arguments, check_writable_file, draw_faces, recognizer_from_args, rounded
+from ferlab.images import check_writable_file, draw_faces, rounded
+from ferlab.recognizer import add_model_arguments, recognizer_from_args
 
 
 class Smoother:

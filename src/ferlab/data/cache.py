@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ferlab.atomic import atomic_write
+
 # Bump when the cached arrays' meaning changes, so old entries are ignored.
 CACHE_VERSION = "1"
 
@@ -41,7 +43,6 @@ def load(path: Path) -> dict | None:
 
 def save(path: Path, arrays: dict) -> None:
     """Write arrays atomically; a failure (read-only home, full disk) is reported, not raised."""
-    from ferlab.atomic import atomic_write
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz" to the name
             np.savez(f, **arrays)

@@ -1,0 +1,261 @@
+"""Recognise facial expressions in photos, arrays and face crops: the `Recognizer`.
+
+    rec = Recognizer()                      # bundled "default" model, MediaPipe (or Haar) faces
+    rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
+    rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
+    Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
+    Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
+    Recognizer("ferplus")                   # the bundled FER+ model: 8 classes, the 7 and contempt
+    Recognizer(["default", "run2/"], tta="flip")   # ensemble of two models, each face and its mirror
+    for path, faces in rec.predict_many(["folder/"]): ...   # faces is a list or a FerlabError
+
+Probabilities come from `ferlab.inference.batched_probs`, the loop `ferlab evaluate` runs, with the
+same test-time augmentation (tta="flip" or "tencrop", ferlab.tta), and an ensemble averages its
+members' probabilities as `ferlab evaluate MODEL MODEL...` does: the same faces get the same fp32
+probabilities here as in the accuracy that evaluate reports.
+
+Images: a path, a PIL image or a NumPy array (RGB HxWx3, or BGR with color="bgr", gray HxW,
+RGBA HxWx4), any size, decoded and converted by ferlab.images; boxes are in the pixels of the
+upright (EXIF-oriented) image at its full size. Images smaller than 8 px on a side, and images
+without a face, give [].
+
+`add_model_arguments` and `recognizer_from_args` are the model options of every command that
+recognises (predict, video, webcam, serve).
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ferlab.checkpoint import check_same_classes, load_model
+from ferlab.device import native_bf16, resolve_device
+from ferlab.errors import FerlabError
+from ferlab.export import to_onnx
+from ferlab.faces import create_detector, crop_faces_for, to_float
+from ferlab.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
+from ferlab.inference import batched_probs
+from ferlab.onnxrt import OnnxModel
+from ferlab.spec import CLASSES
+from ferlab.tta import TTA_MODES, check_tta
+
+PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "onnx", "auto")
+
+
+class Recognizer:
+    """Faces -> expression probabilities with one model (or an ensemble) and one face detector.
+
+    model: "default" (bundled), "default-int8" (its bundled int8 ONNX export), "ferplus" (the bundled
+    8-class FER+ model; "ferplus-int8"), a run directory, a .safetensors file, an .onnx file
+    written by `ferlab export`, or an nn.Module (then pass classes); or a list of these: an
+    ensemble whose probabilities are the mean of its members' (each with the same tta). Members
+    must name the same classes, else a FerlabError names the first that does not. rec.models and
+    rec.cards list the members; rec.model and rec.card are the first (the only one for a single
+    model). detector: a name for `create_detector` or a Detector. device: "cpu", "cuda", "auto".
+    tta: "none", "flip" (average the probabilities of each face and its mirror image) or
+    "tencrop" (ten views: the corner and centre 44x44 crops, resized to 48, and their mirrors;
+    10x the classifier work). See ferlab.tta.
+    precision: "fp32" (default) or "bf16" autocast (2-3x the faces/s on CPUs with AMX or
+    AVX512-BF16, see benchmarks/inference_speed.py; probabilities move by up to ~1e-2). Refused
+    where the hardware has no native bf16: emulated, it ran 7.6x slower than fp32 on an AVX2 CPU.
+    channels_last: NHWC memory layout (default on: 1.2-1.5x faster on CPU, same fp32 results
+    up to summation order, ~1e-6).
+    backend: "torch", "onnx" (the classifier exported to ONNX in memory when the
+    Recognizer is created, ~0.3 s per model, and run by onnxruntime, one session per ensemble
+    member: fp32 only, CPU only; probabilities within ~1e-6 of torch's) or "auto", the default
+    (onnx when onnxruntime is importable, the device is the CPU, precision is fp32 and every
+    model exports, else torch). Why: onnxruntime ran fernet_s ~3x faster than PyTorch fp32 eager
+    at one face per call (a photo, a webcam frame: 364 vs 115 faces/s on one thread) and ~2.5x at
+    batch 256 (425 vs 172), with the same probabilities to ~1e-6 (benchmarks/backends.py). The
+    export happens once per Recognizer, in memory: no cache file to invalidate or race on; sessions
+    use torch's thread count and are safe to call from several threads. Members loaded from .onnx
+    files run in onnxruntime whatever the backend.
+    """
+
+    def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "none",
+                 precision: str = "fp32", channels_last: bool = True, classes=None, align: bool = True,
+                 backend: str = "auto"):
+        check_tta(tta)
+        if precision not in PRECISIONS:
+            raise FerlabError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+        if batch_size < 1:
+            raise FerlabError(f"batch_size must be at least 1, got {batch_size}")
+        if backend not in BACKENDS:
+            raise FerlabError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+        self.device = resolve_device(device)
+        specs = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not specs:
+            raise FerlabError("model: an empty list names no model")
+        self.names = [_model_name(spec, i) for i, spec in enumerate(specs)]
+        self.models, self.cards = [], []
+        for spec in specs:
+            if isinstance(spec, torch.nn.Module):
+                m, card = spec.to(self.device).eval(), {}
+            else:
+                m, card = load_model(str(spec), self.device)
+            self.models.append(m)
+            self.cards.append(card)
+        check_same_classes(self.names, self.cards)
+        card_classes = next((card["classes"] for card in self.cards if card.get("classes")), None)
+        self.classes = tuple(classes or card_classes or CLASSES)
+        self.detector = create_detector(detector) if isinstance(detector, str) else detector
+        self.batch_size, self.tta, self.precision, self.align = batch_size, tta, precision, align
+        self.backend = _pick_backend(backend, self.device, precision)
+        if precision == "bf16" and not native_bf16(self.device):
+            raise FerlabError(f"precision 'bf16' needs native bf16 (AVX-512 BF16 or AMX CPUs, recent GPUs); this {self.device.type} "
+                              "would emulate it, several times slower than fp32: use precision 'fp32'")
+        self.runners = list(self.models)  # what computes each member's logits: the model, or its ONNX export
+        if self.backend == "onnx":
+            try:
+                self.runners = [m if isinstance(m, OnnxModel) else OnnxModel(to_onnx(m.cpu().eval())) for m in self.models]
+            except FerlabError:  # a model the exporter cannot handle: "auto" falls back to torch
+                if backend == "onnx":
+                    raise
+                self.backend = "torch"
+        self.channels_last = channels_last and self.backend == "torch"
+        if self.channels_last:  # in place: the runners are these same modules
+            for m in self.models:
+                m.to(memory_format=torch.channels_last)
+        self.model, self.card = self.models[0], self.cards[0]
+
+    # ---- classification -------------------------------------------------------------------
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """(N, 48, 48) float32 pixels in [0, 1] -> (N, num_classes) float32 probabilities."""
+        if len(x) == 0:
+            return np.empty((0, len(self.classes)), np.float32)
+        x = np.asarray(x, np.float32)
+        members = (batched_probs(partial(self._logits, i), x, self.tta, self.batch_size, device=self.device)
+                   for i in range(len(self.models)))
+        return (sum(torch.from_numpy(p) for p in members) / len(self.models)).numpy()
+
+    def _logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Member i's logits for a float batch (N, 1, 48, 48) on the device."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.runners[i](x)
+        if logits.shape[1] != len(self.classes):
+            raise FerlabError(f"{self.names[i]}: the model gives {logits.shape[1]} scores but {len(self.classes)} "
+                              f"classes are named ({', '.join(self.classes)})")
+        return logits
+
+    def predict_faces(self, crops) -> list[dict]:
+        """Already-cropped faces -> [{"label", "confidence", "probs"}], one per face.
+
+        crops: an (N, H, W) or (N, H, W, 3) array (uint8 0-255, or float in [0, 1]; floats above
+        1 are taken as 0-255), a single (H, W) face, or a list of arrays / PIL images of any
+        size. Faces not 48x48 are resized (area averaging when shrinking); colour is made gray.
+        """
+        x = faces_to_input(crops)
+        return [self._result(p) for p in self.probabilities(x)]
+
+    # ---- whole images ---------------------------------------------------------------------
+    def predict(self, image, color: str = "rgb") -> list[dict]:
+        """One image (path, PIL image or array) -> [{"box", "score", "label", "confidence", "probs"}]."""
+        if isinstance(image, (str, Path)):
+            pixels, scale = load_image(image)
+        else:
+            pixels, scale = as_pixels(image, color), 1.0
+        return self.predict_pixels(pixels, scale)
+
+    def predict_pixels(self, pixels: np.ndarray, scale: float = 1.0) -> list[dict]:
+        """predict() for a uint8 RGB (H, W, 3) or gray (H, W) array; boxes are multiplied by scale."""
+        faces = self.detector.detect(pixels)
+        if not faces:
+            return []
+        crops = crop_faces_for(self.detector, pixels, faces, align=self.align)
+        probs = self.probabilities(to_float(crops))
+        results = []
+        for face, p in zip(faces, probs):
+            box = [int(round(v * scale)) for v in face.box] if scale != 1.0 else list(face.box)
+            results.append({"box": box, "score": round(face.score, 4), **self._result(p)})
+        return results
+
+    def predict_many(self, paths: Iterable, recursive: bool = True) -> Iterator[tuple[Path, list[dict] | FerlabError]]:
+        """Files and folders -> (path, faces) for each image file, or (path, FerlabError) when it
+        cannot be read. Folders are searched for image suffixes (recursively by default); the
+        next image is decoded in a background thread while this one is processed."""
+        for path, loaded in prefetch(expand_paths(paths, recursive), safe_load):
+            if isinstance(loaded, FerlabError):
+                yield path, loaded
+            else:
+                yield path, self.predict_pixels(*loaded)
+
+    def _result(self, p: np.ndarray) -> dict:
+        i = int(p.argmax())
+        return {"label": self.classes[i], "confidence": float(p[i]), "probs": {c: float(v) for c, v in zip(self.classes, p)}}
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _model_name(spec, i: int) -> str:
+    """How errors name an ensemble member: its path or bundled name, or its position and class."""
+    return f"model #{i + 1} ({type(spec).__name__})" if isinstance(spec, torch.nn.Module) else str(spec)
+
+
+def _pick_backend(backend: str, device: torch.device, precision: str) -> str:
+    if backend == "torch":
+        return "torch"
+    problem = ("the onnx backend runs on the CPU only" if device.type != "cpu" else
+               "the onnx backend runs fp32 only (bf16 is a torch autocast)" if precision != "fp32" else None)
+    if problem is None:
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            problem = "the onnx backend needs onnx and onnxruntime (pip install 'ferlab[onnx]')"
+    if problem is None:
+        return "onnx"
+    if backend == "onnx":
+        raise FerlabError(problem)
+    return "torch"
+
+
+# ---- the options of every command that recognises ----------------------------------------
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by predict, video, webcam and serve."""
+    # Repeated rather than nargs="+": several values would swallow the positional paths that follow.
+    parser.add_argument("--model", action="append", metavar="MODEL",
+                        help="'default' (bundled; the default), 'default-int8' (its int8 export), 'ferplus' (8 classes), a run directory, "
+                             "a .safetensors file or an .onnx file from `ferlab export`; "
+                             "repeat (--model A --model B) for an ensemble that averages their probabilities")
+    parser.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "none", "full"],
+                        help="face detector: auto = mediapipe if installed, else haar; none/full = image is one face")
+    parser.add_argument("--tta", default="none", choices=TTA_MODES,
+                        help="test-time augmentation: flip averages each face with its mirror, tencrop over 10 crops")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16 autocast: 2-3x faster on CPUs with AMX or AVX-512 BF16, refused on others")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="NHWC memory layout (default: on, faster on CPU)")
+    parser.add_argument("--batch-size", type=int, default=64, help="faces per classifier batch")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="classifier runtime: torch, onnx (onnxruntime, faster on CPU) or auto (onnx when usable)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other work)")
+
+
+def model_specs(args) -> list[str]:
+    """The --model values (["default"] when none was given)."""
+    return args.model or ["default"]
+
+
+def recognizer_from_args(args) -> Recognizer:
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    return Recognizer(model=model_specs(args), detector=args.detector, device=args.device, batch_size=args.batch_size,
+                      tta=args.tta, precision=args.precision, channels_last=args.channels_last,
+                      backend=getattr(args, "backend", "torch"))
