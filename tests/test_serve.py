@@ -162,3 +162,25 @@ def test_cli_bad_model_is_a_one_line_error(capsys, fernet_weights, tmp_path):
 def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("8.8.8.8") and not is_loopback("no-such-host.invalid")
+
+
+def test_no_copy_of_the_upload_on_disk(client, photos, monkeypatch, tmp_path):
+    """A server killed mid-request leaves no copy of the user's photo behind: while the upload is
+    decoded, nothing with a name is in the temporary folder (large multipart bodies spool to an
+    unlinked file)."""
+    import tempfile
+
+    from PIL import ImageOps
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen, transpose = [], ImageOps.exif_transpose
+
+    def spy(image, **kw):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        return transpose(image, **kw)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", spy)
+    big = encode(np.random.default_rng(0).integers(0, 256, (700, 700, 3), np.uint8), "PNG")  # > 1 MB: spooled
+    for data in (photos["astronaut.png"], photos["cat.jpg"], big):
+        assert post(client, data).status_code == 200
+    assert seen == [[], [], []]

@@ -14,6 +14,9 @@ Errors are JSON `{"detail": "one line"}`, never a stack trace: 413 upload over -
 image above Pillow's decoding limit; 415 not multipart, or the file is not an image; 400 a
 corrupt image or malformed form; 422 no file in field "image"; 500 anything unexpected (logged).
 
+Uploads are decoded from memory, never written to a named file: a killed server leaves no copy of
+anyone's photo behind (a multipart body above 1 MB spools to an unlinked temporary file).
+
 The Recognizer is loaded once, at start-up (the app's lifespan; `ferlab serve` loads it before
 binding the port so a bad --model is a one-line error). Requests run in Starlette's threadpool:
 up to `decode_slots` (= CPU count, at least 2) decode uploads at once, bounding memory, and
@@ -30,7 +33,6 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import warnings
 from contextlib import asynccontextmanager
@@ -85,32 +87,47 @@ class Service:
 
 
 def decode(data: bytes):
-    """Image bytes -> (RGB pixels, scale) via predict.load_image (EXIF orientation, JPEG draft
-    decoding of huge photos, Pillow's decompression-bomb limit); ApiError for bad input."""
-    from PIL import Image
+    """Image bytes -> (RGB pixels, scale), decoded from memory: no copy of the user's photo is
+    ever written to disk (a killed server leaves nothing behind). As predict.load_image: upright by
+    EXIF orientation, huge JPEGs decoded at reduced scale (draft), Pillow's decompression-bomb
+    limit for the rest; scale maps the decoded pixels to the file's full size. ApiError for bad input."""
+    from PIL import Image, ImageOps, JpegImagePlugin
 
-    from ferlab.predict import load_image
+    from ferlab.predict import JPEG_MIN_SIDE, pil_to_rgb
 
     if not data:
         raise ApiError(400, "the uploaded file is empty")
+    is_jpeg = data[:3] == b"\xff\xd8\xff"
+    limit = Image.MAX_IMAGE_PIXELS or 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            Image.open(io.BytesIO(data)).close()  # header only: is this an image at all?
+            try:
+                im = Image.open(io.BytesIO(data))  # header only
+            except Image.DecompressionBombError:
+                if not is_jpeg:
+                    raise
+                im = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # header only; decoded below at reduced scale
+            full_w, full_h = im.size
+            if im.format in ("JPEG", "MPO") and max(full_w, full_h) >= 2 * JPEG_MIN_SIDE:
+                s = JPEG_MIN_SIDE / max(full_w, full_h)  # draft picks the smallest scale at least this big
+                im.draft("RGB", (int(full_w * s), int(full_h * s)))
+            w, h = im.size
+            if limit and w * h > limit:
+                raise ApiError(413, f"image is {full_w}x{full_h} ({full_w * full_h / 1e6:.0f} MP), above the "
+                                    f"{limit / 1e6:.0f} MP decoding limit")
+            im.load()
+            pixels = pil_to_rgb(ImageOps.exif_transpose(im))
+    except (ApiError, MemoryError):
+        raise
+    except Image.DecompressionBombError:
+        raise ApiError(413, f"image is above the {limit / 1e6:.0f} MP decoding limit and is not a JPEG") from None
     except Image.UnidentifiedImageError:
         raise ApiError(415, "the upload is not an image (or a format Pillow cannot read)") from None
-    except Image.DecompressionBombError:
-        pass  # load_image decodes big JPEGs at reduced scale and refuses the rest
     except Exception as e:  # noqa: BLE001 - any decoder failure is bad input
-        raise ApiError(400, f"corrupt image ({type(e).__name__})") from None
-    with tempfile.NamedTemporaryFile(prefix="ferlab-upload-", suffix=".img") as f:
-        f.write(data)
-        f.flush()
-        try:
-            return load_image(f.name)
-        except FerlabError as e:
-            message = str(e).replace(f"{f.name}: ", "")
-            raise ApiError(413 if "decoding limit" in message else 400, message) from None
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ApiError(400, f"truncated or corrupt image ({msg})") from None
+    return pixels, (full_w / w + full_h / h) / 2
 
 
 async def read_image_field(request, max_bytes: int) -> bytes:
