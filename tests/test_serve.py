@@ -24,6 +24,23 @@ from ferlab.serve import create_app, is_loopback  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def blank_png(width, height):
+    """A valid all-zero RGBA PNG of width x height, written row by row (no full-size buffer):
+    9400x9400 is 88 MP, under Pillow's 89 MP decompression-bomb limit, in ~350 KB."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    z, row, parts = zlib.compressobj(9), bytes(1 + 4 * width), []
+    for _ in range(height):
+        parts.append(z.compress(row))
+    parts.append(z.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
 def encode(pixels, fmt, **kw):
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, fmt, **kw)
@@ -184,3 +201,33 @@ def test_no_copy_of_the_upload_on_disk(client, photos, monkeypatch, tmp_path):
     for data in (photos["astronaut.png"], photos["cat.jpg"], big):
         assert post(client, data).status_code == 200
     assert seen == [[], [], []]
+
+
+def test_huge_image_is_413_before_decoding(client):
+    """9400x9400 RGBA in 350 KB: decoding it takes 350 MB and the conversions a few GB; refused from
+    its header by the megapixel limit (default 40 MP)."""
+    bomb = blank_png(9400, 9400)
+    assert len(bomb) < 2e6
+    assert_json_error(post(client, bomb, "bomb.png"), 413, "9400x9400 (88.4 MP), above this server's 40 MP limit")
+
+
+def test_megapixel_limit_and_reduced_decoding(fernet_weights):
+    from ferlab.serve import ApiError, decode
+
+    with TestClient(create_app(fernet_weights, max_megapixels=0.5, detector="mediapipe")) as c:
+        assert_json_error(post(c, encode(np.zeros((800, 1000, 3), np.uint8), "PNG")), 413, "0.5 MP limit")
+        jpeg = encode(np.zeros((1600, 2000, 3), np.uint8), "JPEG")
+        assert_json_error(post(c, jpeg, "a.jpg", "image/jpeg"), 413, "2000x1600 (3.2 MP)")
+        assert post(c, encode(np.zeros((700, 700, 3), np.uint8), "PNG")).json()["faces"] == []
+        assert "images up to 0.5 megapixels" in c.get("/openapi.json").json()["info"]["description"]
+    # a big non-JPEG is reduced right after decoding (as a big JPEG is drafted): what reaches the
+    # detector is at most 2 x 2560 on its longest side, and boxes and sizes are in full-size pixels
+    pixels, scale = decode(encode(np.zeros((1000, 6000), np.uint8), "PNG"), max_pixels=40e6)
+    assert pixels.shape == (500, 3000, 3) and scale == 2
+    pixels, scale = decode(encode(np.zeros((100, 6000, 4), np.uint8), "PNG"), max_pixels=40e6)  # RGBA
+    assert pixels.shape == (50, 3000, 3) and scale == 2 and (pixels == 255).all()  # transparent -> white
+    # a JPEG counts after draft decoding: 24 MP at full size, 6 MP at 1/2
+    pixels, scale = decode(encode(np.zeros((4000, 6000, 3), np.uint8), "JPEG"), max_pixels=10e6)
+    assert pixels.shape == (2000, 3000, 3) and scale == 2
+    with pytest.raises(ApiError, match="6000x4000 .24 MP.* above this server's 10 MP limit"):
+        decode(encode(np.zeros((4000, 6000, 3), np.uint8), "PNG"), max_pixels=10e6)

@@ -1,4 +1,5 @@
-"""The HTTP service: `ferlab serve [--host 127.0.0.1] [--port 8000] [--model default] [--max-upload-mb 10]`.
+"""The HTTP service: `ferlab serve [--host 127.0.0.1] [--port 8000] [--model default] [--max-upload-mb 10]
+[--max-megapixels 40]`.
 (`--model A --model B`: an ensemble, as for ferlab predict; /healthz then names "A + B".)
 
     POST /v1/predict   multipart/form-data, the photo in field "image" (or the raw file as the body
@@ -11,7 +12,7 @@
 
 Errors are JSON `{"detail": "one line"}`, never a stack trace: 413 upload over --max-upload-mb
 (refused from Content-Length before reading, and counted while reading for chunked uploads) or
-image above Pillow's decoding limit; 415 not multipart, or the file is not an image; 400 a
+image above --max-megapixels as decoded (refused from its header; see decode for the memory bound); 415 not multipart, or the file is not an image; 400 a
 corrupt image or malformed form; 422 no file in field "image"; 500 anything unexpected (logged).
 
 Uploads are decoded from memory, never written to a named file: a killed server leaves no copy of
@@ -41,6 +42,7 @@ from pathlib import Path
 from ferlab.errors import FerlabError
 
 STATIC_DIR = Path(__file__).parent / "static"
+MAX_MEGAPIXELS = 40.0  # default --max-megapixels: 4 bytes x 40 MP = 160 MB decoded at most per upload
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers allowed on top of the file
 CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
        "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -58,9 +60,10 @@ class ApiError(Exception):
 class Service:
     """One Recognizer shared by all requests, with the lock and limits around it."""
 
-    def __init__(self, recognizer, max_upload_bytes: int, name: str = ""):
+    def __init__(self, recognizer, max_upload_bytes: int, name: str = "", max_pixels: float = MAX_MEGAPIXELS * 1e6):
         self.rec = recognizer
         self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
         self.name = name
         self.lock = threading.Lock()  # detector (MediaPipe) + classifier: one request at a time
         self.decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
@@ -79,18 +82,28 @@ class Service:
     def predict(self, data: bytes) -> dict:
         """Image file bytes -> the response body. Blocking: call from a worker thread."""
         with self.decode_slots:
-            pixels, scale = decode(data)
+            pixels, scale = decode(data, self.max_pixels)
             with self.lock:
                 faces = self.rec.predict_pixels(pixels, scale)
         h, w = pixels.shape[:2]
         return {"faces": faces, "width": int(round(w * scale)), "height": int(round(h * scale))}
 
 
-def decode(data: bytes):
-    """Image bytes -> (RGB pixels, scale), decoded from memory: no copy of the user's photo is
-    ever written to disk (a killed server leaves nothing behind). As predict.load_image: upright by
-    EXIF orientation, huge JPEGs decoded at reduced scale (draft), Pillow's decompression-bomb
-    limit for the rest; scale maps the decoded pixels to the file's full size. ApiError for bad input."""
+def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6):
+    """Image bytes -> (RGB pixels, scale), decoded from memory with bounded pixels; ApiError for bad
+    input. scale maps the decoded pixels to the file's full size (boxes are multiplied by it).
+
+    - Nothing is written to disk: a killed server leaves no copy of the user's photo behind.
+    - The header is read first; an image that would decode to more than max_pixels is a 413 before
+      any pixel is decoded. A JPEG counts after draft decoding: one with a longest side of 5120 or
+      more decodes at the smallest DCT scale (1/2, 1/4, 1/8) keeping it >= 2560, as
+      predict.load_image does, so even a 65535-pixel-wide JPEG fits the limit if 1/8 is small enough.
+    - Any other format decodes at full size (no format Pillow reads as commonly decodes at reduced
+      scale), then is reduced at once by an integer factor to the same longest side (2560-5119),
+      before the colour conversions, which each copy the image: peak memory is the decoded image
+      (at most 4 bytes x max_pixels) plus a quarter of it, whatever the format.
+    - Upright by EXIF orientation; alpha composited onto white.
+    """
     from PIL import Image, ImageOps, JpegImagePlugin
 
     from ferlab.predict import JPEG_MIN_SIDE, pil_to_rgb
@@ -98,36 +111,51 @@ def decode(data: bytes):
     if not data:
         raise ApiError(400, "the uploaded file is empty")
     is_jpeg = data[:3] == b"\xff\xd8\xff"
-    limit = Image.MAX_IMAGE_PIXELS or 0
+    limit_mp = f"{max_pixels / 1e6:g} MP"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 im = Image.open(io.BytesIO(data))  # header only
-            except Image.DecompressionBombError:
+            except Image.DecompressionBombError:  # above 2x Pillow's MAX_IMAGE_PIXELS
                 if not is_jpeg:
-                    raise
-                im = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # header only; decoded below at reduced scale
+                    raise ApiError(413, f"image is above Pillow's decoding limit and this server's {limit_mp} limit") from None
+                im = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # header only: maybe it drafts small enough
             full_w, full_h = im.size
             if im.format in ("JPEG", "MPO") and max(full_w, full_h) >= 2 * JPEG_MIN_SIDE:
                 s = JPEG_MIN_SIDE / max(full_w, full_h)  # draft picks the smallest scale at least this big
                 im.draft("RGB", (int(full_w * s), int(full_h * s)))
-            w, h = im.size
-            if limit and w * h > limit:
-                raise ApiError(413, f"image is {full_w}x{full_h} ({full_w * full_h / 1e6:.0f} MP), above the "
-                                    f"{limit / 1e6:.0f} MP decoding limit")
+            w, h = im.size  # what will be decoded
+            if w * h > max_pixels:
+                drafted = f", {w}x{h} at the smallest JPEG scale" if (w, h) != (full_w, full_h) else ""
+                raise ApiError(413, f"image is {full_w}x{full_h} ({full_w * full_h / 1e6:.3g} MP{drafted}), "
+                                    f"above this server's {limit_mp} limit (--max-megapixels); downscale it first")
             im.load()
+            if max(w, h) >= 2 * JPEG_MIN_SIDE:
+                if im.mode in ("1", "P", "PA", "I;16", "I;16B", "I;16L"):  # modes reduce() cannot average
+                    im = im.convert({"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I"}.get(im.mode, "RGBA"))
+                im = im.reduce(max(w, h) // JPEG_MIN_SIDE)  # keeps info (EXIF)
+                w, h = im.size
             pixels = pil_to_rgb(ImageOps.exif_transpose(im))
     except (ApiError, MemoryError):
         raise
-    except Image.DecompressionBombError:
-        raise ApiError(413, f"image is above the {limit / 1e6:.0f} MP decoding limit and is not a JPEG") from None
     except Image.UnidentifiedImageError:
         raise ApiError(415, "the upload is not an image (or a format Pillow cannot read)") from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is bad input
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise ApiError(400, f"truncated or corrupt image ({msg})") from None
     return pixels, (full_w / w + full_h / h) / 2
+
+
+def limits_text(max_upload_mb: float, max_megapixels: float) -> str:
+    """The limits and the memory bound, as the OpenAPI description states them."""
+    slots = max(2, os.cpu_count() or 2)
+    return (f"Limits: uploads up to {max_upload_mb:g} MB (413 above); images up to {max_megapixels:g} megapixels "
+            f"as decoded (413 from the header, before decoding). JPEGs with a longest side of 5120 or more decode "
+            f"at 1/2, 1/4 or 1/8 scale and count at that size; other formats decode at full size and are reduced "
+            f"at once to a longest side of 2560-5119. Memory per request: at most 4 bytes x {max_megapixels:g} MP = "
+            f"{4 * max_megapixels:g} MB of decoded pixels (about twice that at the peak, with the conversions), "
+            f"plus the upload; {slots} requests decode at once, the others wait.")
 
 
 async def read_image_field(request, max_bytes: int) -> bytes:
@@ -175,7 +203,8 @@ async def read_image_field(request, max_bytes: int) -> bytes:
     return data
 
 
-def create_app(model="default", *, max_upload_mb: float = 10.0, recognizer=None, **recognizer_kwargs):
+def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: float = MAX_MEGAPIXELS, recognizer=None,
+               **recognizer_kwargs):
     """The FastAPI app. The Recognizer is built at start-up from `model` (one model or a list:
     an ensemble) and `recognizer_kwargs` (see predict.Recognizer), unless an already-built
     `recognizer` is given (then the app closes it at shutdown all the same)."""
@@ -191,7 +220,7 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, recognizer=None,
     async def lifespan(app):
         rec = recognizer if recognizer is not None else await run_in_threadpool(lambda: Recognizer(model, **recognizer_kwargs))
         name = " + ".join(map(str, model)) if isinstance(model, (list, tuple)) else str(model)
-        app.state.service = Service(rec, int(max_upload_mb * 1e6), name)
+        app.state.service = Service(rec, int(max_upload_mb * 1e6), name, max_megapixels * 1e6)
         try:
             yield
         finally:
@@ -199,7 +228,7 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, recognizer=None,
 
     # No /docs: Swagger UI loads its scripts from a CDN, and everything here must work offline.
     app = FastAPI(title="ferlab", summary="facial expression recognition", lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+                  description=limits_text(max_upload_mb, max_megapixels), docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -263,6 +292,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted photo in MB (default 10)")
+    parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
+                        help=f"largest accepted image in decoded megapixels, JPEGs after reduced-scale decoding "
+                             f"(default {MAX_MEGAPIXELS:g}: at most {4 * MAX_MEGAPIXELS:g} MB of decoded pixels per request)")
     add_model_arguments(parser)
     parser.set_defaults(backend="auto")
     parser.epilog = "The service has no authentication: keep it on loopback or behind a proxy that adds it."
@@ -281,8 +313,10 @@ def run(args) -> int:
         raise FerlabError(f"--port must be 1-65535, got {args.port}")
     if args.max_upload_mb <= 0:
         raise FerlabError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
+    if args.max_megapixels <= 0:
+        raise FerlabError(f"--max-megapixels must be positive, got {args.max_megapixels}")
     rec = recognizer_from_args(args)  # here, not in the lifespan: a bad --model is a one-line error
-    app = create_app(model_specs(args), max_upload_mb=args.max_upload_mb, recognizer=rec)
+    app = create_app(model_specs(args), max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels, recognizer=rec)
     if not is_loopback(args.host):
         print(f"ferlab serve: warning: listening on {args.host} without authentication: anyone who can reach "
               "this port can use the service", file=sys.stderr)
