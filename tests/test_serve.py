@@ -231,3 +231,61 @@ def test_megapixel_limit_and_reduced_decoding(fernet_weights):
     assert pixels.shape == (2000, 3000, 3) and scale == 2
     with pytest.raises(ApiError, match="6000x4000 .24 MP.* above this server's 10 MP limit"):
         decode(encode(np.zeros((4000, 6000, 3), np.uint8), "PNG"), max_pixels=10e6)
+
+
+@pytest.fixture(scope="module")
+def live(fernet_weights):
+    """A real uvicorn server on 127.0.0.1 (a free port), configured as `ferlab serve` runs it, in a
+    thread of this process (its log records reach caplog): yields (host, port)."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from ferlab.serve import uvicorn_config
+
+    app = create_app(fernet_weights, max_upload_mb=2, detector="mediapipe", backend="onnx")
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield "127.0.0.1", server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    thread.join(15)
+
+
+def raw_http(address, request: bytes, close_early=False) -> bytes:
+    """Send raw bytes over a socket; the response (until the server closes), or b"" when
+    close_early (the client hangs up)."""
+    import socket
+
+    with socket.create_connection(address, timeout=10) as s:
+        s.sendall(request)
+        if close_early:
+            return b""
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_aborted_upload_is_one_info_line(live, photos, caplog):
+    import logging
+    import time
+
+    body = photos["astronaut.png"]
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with caplog.at_level(logging.INFO):
+        raw_http(live, head + body[:50_000], close_early=True)  # the client hangs up mid-body
+        deadline = time.monotonic() + 10
+        while not any("disconnect" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    ours = [r for r in caplog.records if r.name.startswith("ferlab")]
+    assert [r.levelname for r in ours] == ["INFO"] and "disconnect" in ours[0].getMessage()
+    assert ours[0].exc_info is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

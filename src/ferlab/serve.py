@@ -14,6 +14,7 @@ Errors are JSON `{"detail": "one line"}`, never a stack trace: 413 upload over -
 (refused from Content-Length before reading, and counted while reading for chunked uploads) or
 image above --max-megapixels as decoded (refused from its header; see decode for the memory bound); 415 not multipart, or the file is not an image; 400 a
 corrupt image or malformed form; 422 no file in field "image"; 500 anything unexpected (logged).
+A client that disconnects mid-upload is one info line in the log.
 
 Uploads are decoded from memory, never written to a named file: a killed server leaves no copy of
 anyone's photo behind (a multipart body above 1 MB spools to an unlinked temporary file).
@@ -209,10 +210,11 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: 
     an ensemble) and `recognizer_kwargs` (see predict.Recognizer), unless an already-built
     `recognizer` is given (then the app closes it at shutdown all the same)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     from ferlab.predict import Recognizer
 
@@ -237,6 +239,12 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect):  # nobody to answer: one line, no traceback
+        client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        log.info("client %s disconnected during %s %s (upload aborted)", client, request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
@@ -300,6 +308,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "The service has no authentication: keep it on loopback or behind a proxy that adds it."
 
 
+def uvicorn_config(app, host: str, port: int, **kwargs):
+    """How `ferlab serve` runs the app under uvicorn (the tests run a live server the same way)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **kwargs)
+
+
 def run(args) -> int:
     try:
         import uvicorn
@@ -323,5 +338,5 @@ def run(args) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ferlab serve: model {' + '.join(model_specs(args))} ({rec.backend} backend, {rec.detector.name} detector) "
           f"on http://{shown}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    uvicorn.Server(uvicorn_config(app, args.host, args.port)).run()
     return 0
