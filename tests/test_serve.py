@@ -289,3 +289,26 @@ def test_aborted_upload_is_one_info_line(live, photos, caplog):
     assert [r.levelname for r in ours] == ["INFO"] and "disconnect" in ours[0].getMessage()
     assert ours[0].exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_head_is_answered_like_get(client, live):
+    for path in ("/", "/healthz"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", (path, r.status_code)
+        assert r.headers["content-type"] == client.get(path).headers["content-type"]
+        response = raw_http(live, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        head, _, body = response.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and body == b"", response
+
+
+def test_unparsable_request_is_a_json_400(live):
+    """Requests uvicorn rejects before the app sees them (here Content-Length: abc) get JSON too."""
+    import json
+
+    response = raw_http(live, b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                              b"Content-Length: abc\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), response
+    assert b"content-type: application/json" in head.lower(), head
+    detail = json.loads(body)["detail"]
+    assert "invalid HTTP request" in detail and "\n" not in detail

@@ -31,6 +31,7 @@ faster than PyTorch fp32 here (see predict.Recognizer's backend).
 import argparse
 import io
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -265,7 +266,7 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: 
             raise ApiError(503, "the model is still loading")
         return svc
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz(request: Request):
         return service(request).info()
 
@@ -275,7 +276,7 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: 
         data = await read_image_field(request, svc.max_upload_bytes)
         return await run_in_threadpool(svc.predict, data)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
@@ -308,11 +309,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "The service has no authentication: keep it on loopback or behind a proxy that adds it."
 
 
+def json_errors_protocol():
+    """uvicorn's h11 HTTP protocol, answering the requests it cannot parse (a malformed request
+    line or header, e.g. `Content-Length: abc`: the app never sees them) with a JSON 400 like every
+    other error, instead of uvicorn's plain-text one."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorsH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"detail": "invalid HTTP request: malformed request line or headers"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                          h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return JsonErrorsH11Protocol
+
+
 def uvicorn_config(app, host: str, port: int, **kwargs):
-    """How `ferlab serve` runs the app under uvicorn (the tests run a live server the same way)."""
+    """How `ferlab serve` runs the app under uvicorn (the tests run a live server the same way):
+    HTTP/1.1 by h11 with JSON errors (json_errors_protocol)."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5, **kwargs)
+    return uvicorn.Config(app, host=host, port=port, http=json_errors_protocol(), log_level="info",
+                          timeout_graceful_shutdown=5, **kwargs)
 
 
 def run(args) -> int:
