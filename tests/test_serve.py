@@ -312,3 +312,47 @@ def test_unparsable_request_is_a_json_400(live):
     assert b"content-type: application/json" in head.lower(), head
     detail = json.loads(body)["detail"]
     assert "invalid HTTP request" in detail and "\n" not in detail
+
+
+def test_load_test_backs_off_and_stops_when_the_server_dies(tmp_path):
+    """benchmarks/load_test.py against a server that answers /healthz and dies: it backs off and
+    gives up after --give-up seconds without an answer, instead of spinning until --duration."""
+    import json
+    import subprocess
+    import sys
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from pathlib import Path
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"status": "ok", "model": "stub", "backend": "none"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    stub = HTTPServer(("127.0.0.1", 0), Health)
+    port = stub.server_address[1]
+
+    def one_then_die():
+        stub.handle_request()
+        stub.server_close()  # the port now refuses connections
+
+    threading.Thread(target=one_then_die, daemon=True).start()
+    photo = tmp_path / "gray.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(photo)
+    script = Path(__file__).parents[1] / "benchmarks" / "load_test.py"
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, str(script), f"http://127.0.0.1:{port}", "-c", "4", "-n", "10000", "-d", "60",
+                          "--image", str(photo), "--give-up", "2"], capture_output=True, text=True, timeout=30)
+    seconds = time.monotonic() - t
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert "no answer for 2 s" in report["stopped"] and report["ok"] == 0
+    assert report["requests"] < 100 and seconds < 15, (report["requests"], seconds)
