@@ -143,6 +143,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default", help="--model for ferlab serve (default: the bundled model)")
     p.add_argument("--concurrency", type=int, default=4, help="requests at once in the second round (1-16)")
+    p.add_argument("--cases", help="comma-separated image names to run (default: all)")
     p.add_argument("--serve-args", default="", help="extra arguments for ferlab serve, e.g. '--max-megapixels 20'")
     args = p.parse_args()
     if not 1 <= args.concurrency <= 16:
@@ -150,6 +151,8 @@ def main() -> int:
     cases = {"bomb-9400-rgba.png": blank_png(9400, 9400), "big-6300-rgba.png": encoded(6300, 6300, "PNG", "RGBA"),
              "big-5100-rgba.png": encoded(5100, 5100, "PNG", "RGBA"),
              "big-8000.jpg": encoded(8000, 6000, "JPEG", "RGB")}
+    if args.cases:
+        cases = {name: cases[name] for name in args.cases.split(",")}
     report = {"ferlab": os.environ.get("PYTHONPATH", "installed"), "cpus": os.cpu_count(), "results": []}
     for name, data in cases.items():  # a fresh server per image: memory one case keeps does not hide the next
         with server(args.model, args.serve_args.split()) as (pid, url, health):

@@ -220,12 +220,25 @@ def test_megapixel_limit_and_reduced_decoding(fernet_weights):
         assert_json_error(post(c, jpeg, "a.jpg", "image/jpeg"), 413, "2000x1600 (3.2 MP)")
         assert post(c, encode(np.zeros((700, 700, 3), np.uint8), "PNG")).json()["faces"] == []
         assert "images up to 0.5 megapixels" in c.get("/openapi.json").json()["info"]["description"]
-    # a big non-JPEG is reduced right after decoding (as a big JPEG is drafted): what reaches the
-    # detector is at most 2 x 2560 on its longest side, and boxes and sizes are in full-size pixels
+    # a big non-JPEG is reduced right after decoding to a longest side of at most 2560 (the detector
+    # works at 1280); boxes and sizes are in full-size pixels
     pixels, scale = decode(encode(np.zeros((1000, 6000), np.uint8), "PNG"), max_pixels=40e6)
-    assert pixels.shape == (500, 3000, 3) and scale == 2
-    pixels, scale = decode(encode(np.zeros((100, 6000, 4), np.uint8), "PNG"), max_pixels=40e6)  # RGBA
-    assert pixels.shape == (50, 3000, 3) and scale == 2 and (pixels == 255).all()  # transparent -> white
+    assert pixels.shape == (334, 2000, 3) and scale == pytest.approx(3, abs=0.01)
+    pixels, scale = decode(encode(np.zeros((100, 3000, 4), np.uint8), "PNG"), max_pixels=40e6)  # RGBA
+    assert pixels.shape == (50, 1500, 3) and scale == 2 and (pixels == 255).all()  # transparent -> white
+    # with a lock, large images (above 4 MP) decode one at a time; small ones do not wait
+    import threading
+
+    lock, done = threading.Lock(), []
+    with lock:
+        worker = threading.Thread(target=lambda: done.append(decode(encode(np.zeros((2000, 2100), np.uint8), "PNG"),
+                                                                   40e6, lock)))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and not done
+        assert decode(encode(np.zeros((1000, 2000), np.uint8), "PNG"), 40e6, lock)[0].shape == (1000, 2000, 3)
+    worker.join(10)
+    assert done[0][0].shape == (2000, 2100, 3)
     # a JPEG counts after draft decoding: 24 MP at full size, 6 MP at 1/2
     pixels, scale = decode(encode(np.zeros((4000, 6000, 3), np.uint8), "JPEG"), max_pixels=10e6)
     assert pixels.shape == (2000, 3000, 3) and scale == 2

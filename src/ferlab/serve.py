@@ -29,6 +29,7 @@ faster than PyTorch fp32 here (see predict.Recognizer's backend).
 """
 
 import argparse
+import contextlib
 import io
 import ipaddress
 import json
@@ -45,6 +46,8 @@ from ferlab.errors import FerlabError
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_MEGAPIXELS = 40.0  # default --max-megapixels: 4 bytes x 40 MP = 160 MB decoded at most per upload
+LARGE_PIXELS = 4e6  # images decoding to more pixels than this take turns (Service.large_decode)
+REDUCED_SIDE = 2560  # non-JPEG images are reduced right after decoding to at most this longest side
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers allowed on top of the file
 CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
        "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
@@ -69,6 +72,7 @@ class Service:
         self.name = name
         self.lock = threading.Lock()  # detector (MediaPipe) + classifier: one request at a time
         self.decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        self.large_decode = threading.Lock()  # images above LARGE_PIXELS decode one at a time
 
     def info(self) -> dict:
         cards = self.rec.cards
@@ -84,14 +88,14 @@ class Service:
     def predict(self, data: bytes) -> dict:
         """Image file bytes -> the response body. Blocking: call from a worker thread."""
         with self.decode_slots:
-            pixels, scale = decode(data, self.max_pixels)
+            pixels, scale = decode(data, self.max_pixels, self.large_decode)
             with self.lock:
                 faces = self.rec.predict_pixels(pixels, scale)
         h, w = pixels.shape[:2]
         return {"faces": faces, "width": int(round(w * scale)), "height": int(round(h * scale))}
 
 
-def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6):
+def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6, large_lock=None):
     """Image bytes -> (RGB pixels, scale), decoded from memory with bounded pixels; ApiError for bad
     input. scale maps the decoded pixels to the file's full size (boxes are multiplied by it).
 
@@ -99,11 +103,13 @@ def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6):
     - The header is read first; an image that would decode to more than max_pixels is a 413 before
       any pixel is decoded. A JPEG counts after draft decoding: one with a longest side of 5120 or
       more decodes at the smallest DCT scale (1/2, 1/4, 1/8) keeping it >= 2560, as
-      predict.load_image does, so even a 65535-pixel-wide JPEG fits the limit if 1/8 is small enough.
-    - Any other format decodes at full size (no format Pillow reads as commonly decodes at reduced
-      scale), then is reduced at once by an integer factor to the same longest side (2560-5119),
-      before the colour conversions, which each copy the image: peak memory is the decoded image
-      (at most 4 bytes x max_pixels) plus a quarter of it, whatever the format.
+      predict.load_image does, so a huge JPEG is accepted when 1/8 of it fits.
+    - Any other format decodes at full size (Pillow decodes none of the common ones at reduced
+      scale), then is reduced at once by an integer factor to a longest side of at most 2560, before
+      the colour conversions: the detector works at 1280 anyway. Its peak is the decoded image plus
+      one copy (reduce() premultiplies alpha): at most 8 bytes x max_pixels.
+    - With large_lock, images above LARGE_PIXELS decode one at a time (the others wait), so the
+      peak of a server is one such decode, not one per decode slot.
     - Upright by EXIF orientation; alpha composited onto white.
     """
     from PIL import Image, ImageOps, JpegImagePlugin
@@ -132,13 +138,18 @@ def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6):
                 drafted = f", {w}x{h} at the smallest JPEG scale" if (w, h) != (full_w, full_h) else ""
                 raise ApiError(413, f"image is {full_w}x{full_h} ({full_w * full_h / 1e6:.3g} MP{drafted}), "
                                     f"above this server's {limit_mp} limit (--max-megapixels); downscale it first")
-            im.load()
-            if max(w, h) >= 2 * JPEG_MIN_SIDE:
-                if im.mode in ("1", "P", "PA", "I;16", "I;16B", "I;16L"):  # modes reduce() cannot average
-                    im = im.convert({"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I"}.get(im.mode, "RGBA"))
-                im = im.reduce(max(w, h) // JPEG_MIN_SIDE)  # keeps info (EXIF)
-                w, h = im.size
-            pixels = pil_to_rgb(ImageOps.exif_transpose(im))
+            big = large_lock is not None and w * h > LARGE_PIXELS  # one at a time: the peak is its decode
+            with large_lock if big else contextlib.nullcontext():
+                im.load()
+                if im.format not in ("JPEG", "MPO") and max(w, h) > REDUCED_SIDE:
+                    if im.mode in ("1", "P", "PA", "I;16", "I;16B", "I;16L"):  # modes reduce() cannot average
+                        im = im.convert({"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I"}.get(im.mode, "RGBA"))
+                    im = im.reduce(-(-max(w, h) // REDUCED_SIDE))  # keeps info (EXIF)
+                    w, h = im.size
+                pixels = pil_to_rgb(ImageOps.exif_transpose(im))
+                if big:
+                    del im
+                    release_freed_memory()
     except (ApiError, MemoryError):
         raise
     except Image.UnidentifiedImageError:
@@ -149,15 +160,34 @@ def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6):
     return pixels, (full_w / w + full_h / h) / 2
 
 
+def release_freed_memory() -> None:
+    """Give the memory freed after a large decode back to the OS (glibc's malloc_trim; a no-op
+    elsewhere). Without it each worker thread's malloc arena keeps its own freed copy of a large
+    image, and the peaks of successive large decodes add up instead of taking turns."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def limits_text(max_upload_mb: float, max_megapixels: float) -> str:
     """The limits and the memory bound, as the OpenAPI description states them."""
-    slots = max(2, os.cpu_count() or 2)
-    return (f"Limits: uploads up to {max_upload_mb:g} MB (413 above); images up to {max_megapixels:g} megapixels "
-            f"as decoded (413 from the header, before decoding). JPEGs with a longest side of 5120 or more decode "
-            f"at 1/2, 1/4 or 1/8 scale and count at that size; other formats decode at full size and are reduced "
-            f"at once to a longest side of 2560-5119. Memory per request: at most 4 bytes x {max_megapixels:g} MP = "
-            f"{4 * max_megapixels:g} MB of decoded pixels (about twice that at the peak, with the conversions), "
-            f"plus the upload; {slots} requests decode at once, the others wait.")
+    return (f"Limits: uploads up to {max_upload_mb:g} MB and images up to {max_megapixels:g} megapixels as decoded "
+            f"(413 above, from Content-Length and from the image header, before decoding). A JPEG with a longest "
+            f"side of 5120 or more decodes at 1/2, 1/4 or 1/8 scale and counts at that size; other formats decode "
+            f"at full size and are reduced at once to a longest side of at most 2560. Memory: images above "
+            f"{LARGE_PIXELS / 1e6:g} MP decode one at a time, each taking at most 8 bytes x {max_megapixels:g} MP = "
+            f"{8 * max_megapixels:g} MB at its peak, plus the upload.")
 
 
 async def read_image_field(request, max_bytes: int) -> bytes:
