@@ -369,3 +369,40 @@ def test_load_test_backs_off_and_stops_when_the_server_dies(tmp_path):
     report = json.loads(out.stdout)
     assert "no answer for 2 s" in report["stopped"] and report["ok"] == 0
     assert report["requests"] < 100 and seconds < 15, (report["requests"], seconds)
+
+
+def test_form_field_file_is_accepted_too(client, photos):
+    r = client.post("/v1/predict", files={"file": ("photo.png", photos["astronaut.png"], "image/png")})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["faces"]) == 1
+
+
+def test_openapi_schema_describes_the_contract(client):
+    schema = client.get("/openapi.json").json()
+    op = schema["paths"]["/v1/predict"]["post"]
+    form = op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    assert set(form) == {"image", "file"} and "image/*" in op["requestBody"]["content"]
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/Prediction"}
+    assert {"400", "413", "415", "422", "503"} <= set(op["responses"])
+    models = schema["components"]["schemas"]
+    face = models["Face"]["properties"]
+    assert set(face) == {"box", "score", "label", "confidence", "probs"}
+    assert "detector" in face["score"]["description"] and "expression" in face["confidence"]["description"]
+    assert set(models["Prediction"]["required"]) == {"faces", "width", "height"}
+    health = schema["paths"]["/healthz"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert health == {"$ref": "#/components/schemas/Health"}
+
+
+def test_docs_page_works_offline(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    import re
+
+    assert "<script" not in r.text  # nothing to load from a CDN: the page is complete as served
+    assert all(link.startswith(("/", "#", "data:")) for link in re.findall(r'(?:src|href)="([^"]*)"', r.text))
+    assert "curl -F image=@photo.jpg http://testserver/v1/predict" in r.text
+    for text in ("POST /v1/predict", "GET /healthz", "detector", "confidence", "413", "megapixels", 'id="Face"'):
+        assert text in r.text, text
+    assert client.head("/docs").status_code == 200

@@ -1,31 +1,36 @@
-"""The HTTP service: `ferlab serve [--host 127.0.0.1] [--port 8000] [--model default] [--max-upload-mb 10]
-[--max-megapixels 40]`.
+"""The HTTP service: `ferlab serve [--host 127.0.0.1] [--port 8000] [--model default]
+[--max-upload-mb 10] [--max-megapixels 40]`.
 (`--model A --model B`: an ensemble, as for ferlab predict; /healthz then names "A + B".)
 
-    POST /v1/predict   multipart/form-data, the photo in field "image" (or the raw file as the body
-                       with Content-Type image/* or application/octet-stream)
+    POST /v1/predict   multipart/form-data, the photo in field "image" or "file" (or the raw file as
+                       the body with Content-Type image/* or application/octet-stream)
                        -> {"faces": [{"box", "score", "label", "confidence", "probs"}, ...],
                            "width": W, "height": H}   (as Recognizer.predict; W x H: the upright image)
     GET  /healthz      -> {"status": "ok", "model": ..., "classes": [...], "backend": ..., "detector": ...}
     GET  /             the web page (static/index.html: photo, drag-and-drop or webcam)
-    GET  /openapi.json the API description
+    GET  /docs         the API as a web page (docs_page: no script, works offline)
+    GET  /openapi.json the API description (bodies: api_models; field meanings: FIELD_DOCS)
+    HEAD               as GET, for /, /healthz and /docs
 
 Errors are JSON `{"detail": "one line"}`, never a stack trace: 413 upload over --max-upload-mb
 (refused from Content-Length before reading, and counted while reading for chunked uploads) or
-image above --max-megapixels as decoded (refused from its header; see decode for the memory bound); 415 not multipart, or the file is not an image; 400 a
-corrupt image or malformed form; 422 no file in field "image"; 500 anything unexpected (logged).
+image above --max-megapixels as decoded (refused from its header); 415 not multipart, or the
+file is not an image; 400 a corrupt image, a malformed form, or a request uvicorn cannot parse
+(json_errors_protocol); 422 no file in field "image"/"file"; 500 anything unexpected (logged).
 A client that disconnects mid-upload is one info line in the log.
 
-Uploads are decoded from memory, never written to a named file: a killed server leaves no copy of
-anyone's photo behind (a multipart body above 1 MB spools to an unlinked temporary file).
+Memory is bounded before decoding (see decode): at most --max-megapixels decoded, big images
+reduced at once, and images above LARGE_PIXELS decoding one at a time. Uploads are decoded from
+memory, never written to a named file: a killed server leaves no copy of anyone's photo behind (a
+multipart body above 1 MB spools to an unlinked temporary file).
 
 The Recognizer is loaded once, at start-up (the app's lifespan; `ferlab serve` loads it before
 binding the port so a bad --model is a one-line error). Requests run in Starlette's threadpool:
-up to `decode_slots` (= CPU count, at least 2) decode uploads at once, bounding memory, and
-detection + classification run under one lock, because MediaPipe's detector object is not
-thread-safe (and on a CPU, classifying one request at a time with all threads costs no
-throughput). The classifier defaults to `--backend auto`: onnxruntime when installed, ~3x
-faster than PyTorch fp32 here (see predict.Recognizer's backend).
+up to `decode_slots` (= CPU count, at least 2) decode uploads at once, and detection +
+classification run under one lock, because MediaPipe's detector object is not thread-safe (and
+on a CPU, classifying one request at a time with all threads costs no throughput). The
+classifier defaults to `--backend auto`: onnxruntime when installed, ~3x faster than PyTorch
+fp32 here (see predict.Recognizer's backend).
 """
 
 import argparse
@@ -35,6 +40,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -224,9 +230,9 @@ async def read_image_field(request, max_bytes: int) -> bytes:
     except MultiPartException as e:
         raise ApiError(400, f"malformed multipart form ({e.message})") from None
     try:
-        upload = form.get("image")
+        upload = form.get("image") or form.get("file")
         if upload is None or isinstance(upload, str):
-            raise ApiError(422, "no file in the form field 'image'")
+            raise ApiError(422, "no file in the form field 'image' (or 'file')")
         data = await upload.read()
     finally:
         await form.close()
@@ -235,13 +241,130 @@ async def read_image_field(request, max_bytes: int) -> bytes:
     return data
 
 
+FIELD_DOCS = {  # the response fields, as the OpenAPI schema (and so /docs) describes them
+    "box": "[x, y, width, height] of the face, in pixels of the upright photo at full size",
+    "score": "the face detector's confidence that the box holds a face (0-1; with MediaPipe its detection score, "
+             "faces below 0.5 are not reported). Says nothing about the expression",
+    "label": "the most probable expression (a class of the model)",
+    "confidence": "the expression classifier's probability of `label` (= probs[label], 0-1): how sure the model is "
+                  "of the expression, not of the face",
+    "probs": "the probability of every expression class of the model; they sum to 1",
+    "width": "width of the upright photo (after its EXIF rotation), in pixels at full size",
+    "height": "height of the upright photo, in pixels at full size",
+}
+REQUEST_BODY = {  # the request as OpenAPI describes it (the body is read by read_image_field, not by FastAPI)
+    "required": True,
+    "description": "The photo (JPEG, PNG, WebP, BMP, TIFF, GIF: any format Pillow reads), as a multipart form "
+                   "field named `image` (or `file`), or as the raw body with Content-Type image/* or "
+                   "application/octet-stream.",
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "image": {"type": "string", "format": "binary", "description": "the photo"},
+            "file": {"type": "string", "format": "binary", "description": "the photo, when `image` is absent"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def api_models():
+    """The pydantic models of the JSON bodies (built on demand: importing this module needs no pydantic)."""
+    from pydantic import BaseModel, Field
+
+    class Face(BaseModel):
+        """One detected face and its expression."""
+        box: list[int] = Field(min_length=4, max_length=4, description=FIELD_DOCS["box"])
+        score: float = Field(description=FIELD_DOCS["score"])
+        label: str = Field(description=FIELD_DOCS["label"])
+        confidence: float = Field(description=FIELD_DOCS["confidence"])
+        probs: dict[str, float] = Field(description=FIELD_DOCS["probs"])
+
+    class Prediction(BaseModel):
+        """The faces found in the photo (an empty list: none)."""
+        faces: list[Face] = Field(description="the faces found; [] when there is none")
+        width: int = Field(description=FIELD_DOCS["width"])
+        height: int = Field(description=FIELD_DOCS["height"])
+
+    class Health(BaseModel):
+        """The service is up and its model loaded."""
+        status: str = Field(description='"ok"')
+        model: str = Field(description='the model ("A + B" for an ensemble)')
+        weights: str | None = Field(description="the weights file(s), when the model came from one")
+        classes: list[str] = Field(description="the expression classes, in the order of `probs`")
+        backend: str = Field(description="the classifier's runtime: onnx or torch")
+        detector: str = Field(description="the face detector")
+
+    class Error(BaseModel):
+        """Every error: one line, never a stack trace."""
+        detail: str = Field(description="what went wrong, in one line")
+
+    return Face, Prediction, Health, Error
+
+
+def docs_page(schema: dict, base_url: str) -> str:
+    """GET /docs: the OpenAPI schema as one static HTML page, with no script and nothing loaded from
+    elsewhere (FastAPI's Swagger UI and ReDoc load theirs from a CDN, which fails offline)."""
+    from html import escape as plain
+
+    def escape(text: str) -> str:  # and `code` spans, as the descriptions write them
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", plain(text))
+
+    def kind(s: dict) -> str:
+        if "$ref" in s:
+            name = escape(s["$ref"].rsplit("/", 1)[-1])
+            return f'<a href="#{name}">{name}</a>'
+        if "anyOf" in s:
+            return " or ".join(kind(x) for x in s["anyOf"])
+        if s.get("type") == "array":
+            return f"list of {kind(s.get('items', {}))}"
+        if isinstance(s.get("additionalProperties"), dict):
+            return f"object: name -> {kind(s['additionalProperties'])}"
+        return "file" if s.get("format") == "binary" else escape(str(s.get("type", "any")))
+
+    def table(s: dict) -> str:
+        required = set(s.get("required", []))
+        rows = "".join(f"<tr><td><code>{escape(k)}</code>{'' if k in required else ' (optional)'}</td><td>{kind(v)}</td>"
+                       f"<td>{escape(v.get('description', ''))}</td></tr>" for k, v in s.get("properties", {}).items())
+        return f"<table><tr><th>field</th><th>type</th><th>meaning</th></tr>{rows}</table>"
+
+    url = escape(base_url.rstrip("/"))
+    info = schema.get("info", {})
+    out = [f"<h1>{escape(info.get('title', 'API'))} <span>{escape(info.get('summary', ''))}</span></h1>",
+           f"<p>{escape(info.get('description', ''))}</p>",
+           f"<pre>curl -F image=@photo.jpg {url}/v1/predict\ncurl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' "
+           f"{url}/v1/predict</pre>",
+           '<p>Errors are JSON <code>{"detail": "one line"}</code>. The schema itself: <a href="/openapi.json">'
+           "/openapi.json</a>.</p>"]
+    for path, operations in schema.get("paths", {}).items():
+        for method, op in operations.items():
+            out.append(f'<section class="op"><h2><code>{method.upper()} {escape(path)}</code></h2>'
+                       f"<p>{escape(op.get('description') or op.get('summary', ''))}</p>")
+            body = op.get("requestBody")
+            if body:
+                out.append(f"<h3>Request</h3><p>{escape(body.get('description', ''))}</p>")
+                for ctype, content in body.get("content", {}).items():
+                    sch = content.get("schema", {})
+                    out.append(f"<h4><code>{escape(ctype)}</code></h4>" + (table(sch) if "properties" in sch else f"<p>{kind(sch)}</p>"))
+            rows = "".join(
+                f"<tr><td>{escape(code)}</td><td>{escape(r.get('description', ''))}</td><td>"
+                + ", ".join(kind(c["schema"]) for c in r.get("content", {}).values() if "schema" in c) + "</td></tr>"
+                for code, r in op.get("responses", {}).items())
+            out.append(f"<h3>Responses</h3><table><tr><th>status</th><th>when</th><th>body</th></tr>{rows}</table></section>")
+    out.append("<h2>Bodies</h2>")
+    for name, sch in schema.get("components", {}).get("schemas", {}).items():
+        out.append(f'<section id="{escape(name)}"><h3>{escape(name)}</h3><p>{escape(sch.get("description", ""))}</p>{table(sch)}</section>')
+    return ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, '
+            'initial-scale=1"><title>ferlab API</title><link rel="icon" href="data:,"><link rel="stylesheet" '
+            f'href="/static/style.css"></head>\n<body class="docs">{"".join(out)}</body></html>\n')
+
+
 def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: float = MAX_MEGAPIXELS, recognizer=None,
                **recognizer_kwargs):
     """The FastAPI app. The Recognizer is built at start-up from `model` (one model or a list:
     an ensemble) and `recognizer_kwargs` (see predict.Recognizer), unless an already-built
     `recognizer` is given (then the app closes it at shutdown all the same)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -259,7 +382,7 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: 
         finally:
             rec.close()
 
-    # No /docs: Swagger UI loads its scripts from a CDN, and everything here must work offline.
+    # /docs is ours (docs_page): Swagger UI and ReDoc load their scripts from a CDN, and this must work offline.
     app = FastAPI(title="ferlab", summary="facial expression recognition", lifespan=lifespan,
                   description=limits_text(max_upload_mb, max_megapixels), docs_url=None, redoc_url=None)
 
@@ -296,15 +419,31 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: 
             raise ApiError(503, "the model is still loading")
         return svc
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    Face, Prediction, Health, Error = api_models()
+    errors = {400: "corrupt image or malformed request", 413: "upload or image above the limits (see above)",
+              415: "not an image, or not multipart/form-data", 422: "no file in the form field `image` (or `file`)",
+              503: "the model is still loading"}
+
+    @app.get("/healthz", response_model=Health, responses={503: {"model": Error, "description": errors[503]}})
     async def healthz(request: Request):
+        """Whether the service is up, and which model, classes, backend and detector it uses."""
         return service(request).info()
 
-    @app.post("/v1/predict")
+    @app.head("/healthz", include_in_schema=False)
+    async def healthz_head(request: Request):
+        return await healthz(request)
+
+    @app.post("/v1/predict", response_model=Prediction, openapi_extra={"requestBody": REQUEST_BODY},
+              responses={code: {"model": Error, "description": text} for code, text in errors.items()})
     async def predict(request: Request):
+        """Detect the faces in one photo and recognise the expression of each."""
         svc = service(request)
         data = await read_image_field(request, svc.max_upload_bytes)
         return await run_in_threadpool(svc.predict, data)
+
+    @app.api_route("/docs", methods=["GET", "HEAD"], include_in_schema=False)
+    async def docs(request: Request):
+        return HTMLResponse(docs_page(app.openapi(), str(request.base_url)))
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index():
