@@ -406,3 +406,21 @@ def test_docs_page_works_offline(client):
     for text in ("POST /v1/predict", "GET /healthz", "detector", "confidence", "413", "megapixels", 'id="Face"'):
         assert text in r.text, text
     assert client.head("/docs").status_code == 200
+
+
+def test_start_removes_upload_copies_an_older_server_left(fernet_weights, monkeypatch, tmp_path):
+    """Servers before the in-memory decoding wrote /tmp/ferlab-upload-*.img and left them when
+    killed: the next start removes those older than 10 minutes (a running old server's are newer)."""
+    import os
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old, new, other = tmp_path / "ferlab-upload-ab12cd.img", tmp_path / "ferlab-upload-ef34gh.img", tmp_path / "other.img"
+    for p in (old, new, other):
+        p.write_bytes(b"a user's photo")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    os.utime(other, (time.time() - 3600, time.time() - 3600))
+    with TestClient(create_app(fernet_weights, detector="mediapipe")) as c:
+        assert c.get("/healthz").status_code == 200
+    assert not old.exists() and new.exists() and other.exists()

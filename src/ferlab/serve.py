@@ -22,7 +22,8 @@ A client that disconnects mid-upload is one info line in the log.
 Memory is bounded before decoding (see decode): at most --max-megapixels decoded, big images
 reduced at once, and images above LARGE_PIXELS decoding one at a time. Uploads are decoded from
 memory, never written to a named file: a killed server leaves no copy of anyone's photo behind (a
-multipart body above 1 MB spools to an unlinked temporary file).
+multipart body above 1 MB spools to an unlinked temporary file); the copies older versions
+left are removed at start-up (remove_stale_uploads).
 
 The Recognizer is loaded once, at start-up (the app's lifespan; `ferlab serve` loads it before
 binding the port so a bad --model is a one-line error). Requests run in Starlette's threadpool:
@@ -43,6 +44,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import threading
 import warnings
 from contextlib import asynccontextmanager
@@ -184,6 +186,25 @@ def release_freed_memory() -> None:
 
 
 _malloc_trim = None
+
+
+def remove_stale_uploads(max_age: float = 600.0) -> int:
+    """Delete the /tmp/ferlab-upload-*.img copies of users' photos that servers before the in-memory
+    decoding left when killed (ours, older than max_age seconds: a running old server's are newer).
+    Returns how many went."""
+    import time
+
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob("ferlab-upload-*.img"):
+        try:
+            st = path.lstat()
+            mine = st.st_uid == os.getuid() if hasattr(os, "getuid") else True
+            if path.is_file() and mine and time.time() - st.st_mtime > max_age:
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
+    return removed
 
 
 def limits_text(max_upload_mb: float, max_megapixels: float) -> str:
@@ -377,6 +398,8 @@ def create_app(model="default", *, max_upload_mb: float = 10.0, max_megapixels: 
         rec = recognizer if recognizer is not None else await run_in_threadpool(lambda: Recognizer(model, **recognizer_kwargs))
         name = " + ".join(map(str, model)) if isinstance(model, (list, tuple)) else str(model)
         app.state.service = Service(rec, int(max_upload_mb * 1e6), name, max_megapixels * 1e6)
+        if removed := remove_stale_uploads():
+            log.info("removed %d upload copies an older ferlab serve left in %s", removed, tempfile.gettempdir())
         try:
             yield
         finally:
