@@ -424,3 +424,37 @@ def test_start_removes_upload_copies_an_older_server_left(fernet_weights, monkey
     with TestClient(create_app(fernet_weights, detector="mediapipe")) as c:
         assert c.get("/healthz").status_code == 200
     assert not old.exists() and new.exists() and other.exists()
+
+
+def test_ferlab_serve_logs_an_aborted_upload_in_one_line(fernet_weights, photos, tmp_path):
+    """End to end, as a user runs it: `ferlab serve` in a subprocess, a client hanging up mid-upload."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        server = subprocess.Popen([sys.executable, "-m", "ferlab", "serve", "--port", str(port), "--model", str(fernet_weights),
+                                   "--detector", "mediapipe"], stdout=err, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while "Uvicorn running" not in log.read_text():
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        body = photos["astronaut.png"]
+        raw_http(("127.0.0.1", port), (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:50_000], close_early=True)
+        deadline = time.monotonic() + 10
+        while "disconnect" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        server.wait(15)
+    text = log.read_text()
+    assert [line for line in text.splitlines() if "disconnect" in line] == [
+        line for line in text.splitlines() if line.startswith("INFO:") and "upload aborted" in line], text
+    assert text.count("disconnect") == 1 and "Traceback" not in text and "ERROR" not in text, text

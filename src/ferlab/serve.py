@@ -524,8 +524,14 @@ def json_errors_protocol():
 def uvicorn_config(app, host: str, port: int, **kwargs):
     """How `ferlab serve` runs the app under uvicorn (the tests run a live server the same way):
     HTTP/1.1 by h11 with JSON errors (json_errors_protocol)."""
-    import uvicorn
+    import copy
 
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    if "log_config" not in kwargs:  # uvicorn's, with ferlab's lines (e.g. an aborted upload) beside its own
+        kwargs["log_config"] = copy.deepcopy(LOGGING_CONFIG)
+        kwargs["log_config"]["loggers"]["ferlab"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return uvicorn.Config(app, host=host, port=port, http=json_errors_protocol(), log_level="info",
                           timeout_graceful_shutdown=5, **kwargs)
 
