@@ -255,10 +255,10 @@ def live(fernet_weights):
 
     import uvicorn
 
-    from ferlab.serve import uvicorn_config
+    from ferlab.serve import uvicorn_options
 
     app = create_app(fernet_weights, max_upload_mb=2, detector="mediapipe", backend="onnx")
-    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", 0, log_config=None))
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options("127.0.0.1", 0, log_config=None)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

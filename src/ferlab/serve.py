@@ -53,7 +53,7 @@ from pathlib import Path
 from ferlab.errors import FerlabError
 
 STATIC_DIR = Path(__file__).parent / "static"
-MAX_MEGAPIXELS = 40.0  # default --max-megapixels: 4 bytes x 40 MP = 160 MB decoded at most per upload
+MAX_MEGAPIXELS = 40.0  # default --max-megapixels: a decode peaks at 8 bytes a pixel, 320 MB at 40 MP
 LARGE_PIXELS = 4e6  # images decoding to more pixels than this take turns (Service.large_decode)
 REDUCED_SIDE = 2560  # non-JPEG images are reduced right after decoding to at most this longest side
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers allowed on top of the file
@@ -495,7 +495,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted photo in MB (default 10)")
     parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
                         help=f"largest accepted image in decoded megapixels, JPEGs after reduced-scale decoding "
-                             f"(default {MAX_MEGAPIXELS:g}: at most {4 * MAX_MEGAPIXELS:g} MB of decoded pixels per request)")
+                             f"(default {MAX_MEGAPIXELS:g}; a decode peaks at 8 bytes a pixel, {8 * MAX_MEGAPIXELS:g} MB)")
     add_model_arguments(parser)
     parser.set_defaults(backend="auto")
     parser.epilog = "The service has no authentication: keep it on loopback or behind a proxy that adds it."
@@ -521,19 +521,20 @@ def json_errors_protocol():
     return JsonErrorsH11Protocol
 
 
-def uvicorn_config(app, host: str, port: int, **kwargs):
-    """How `ferlab serve` runs the app under uvicorn (the tests run a live server the same way):
-    HTTP/1.1 by h11 with JSON errors (json_errors_protocol)."""
+def uvicorn_options(host: str, port: int, log_config="ferlab") -> dict:
+    """How `ferlab serve` runs the app: uvicorn.run(app, **uvicorn_options(...)) (the tests run a
+    live server with uvicorn.Config(app, **the same)). HTTP/1.1 by h11 with JSON errors
+    (json_errors_protocol); uvicorn's logging with ferlab's lines (e.g. an aborted upload) beside
+    its own, unless another log_config is given (None: leave logging alone)."""
     import copy
 
-    import uvicorn
     from uvicorn.config import LOGGING_CONFIG
 
-    if "log_config" not in kwargs:  # uvicorn's, with ferlab's lines (e.g. an aborted upload) beside its own
-        kwargs["log_config"] = copy.deepcopy(LOGGING_CONFIG)
-        kwargs["log_config"]["loggers"]["ferlab"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return uvicorn.Config(app, host=host, port=port, http=json_errors_protocol(), log_level="info",
-                          timeout_graceful_shutdown=5, **kwargs)
+    if log_config == "ferlab":
+        log_config = copy.deepcopy(LOGGING_CONFIG)
+        log_config["loggers"]["ferlab"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return {"host": host, "port": port, "http": json_errors_protocol(), "log_config": log_config, "log_level": "info",
+            "timeout_graceful_shutdown": 5}
 
 
 def run(args) -> int:
@@ -559,5 +560,5 @@ def run(args) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ferlab serve: model {' + '.join(model_specs(args))} ({rec.backend} backend, {rec.detector.name} detector) "
           f"on http://{shown}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn_config(app, args.host, args.port)).run()
+    uvicorn.run(app, **uvicorn_options(args.host, args.port))
     return 0
