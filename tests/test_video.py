@@ -16,7 +16,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, astronaut):
     """An 8-frame 10 fps mp4 of the astronaut drifting right (1 face per frame), 320x240."""
-    pytest.importorskip("mediapipe")
     path = tmp_path_factory.mktemp("video") / "astronaut.mp4"
     face = cv2.cvtColor(cv2.resize(astronaut, (240, 240)), cv2.COLOR_RGB2BGR)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
