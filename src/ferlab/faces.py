@@ -4,9 +4,9 @@
 pixels, score, eye landmarks when the backend gives them):
 
 - "blazeface" (= "auto", the default): MediaPipe's BlazeFace full-range model, bundled in
-  weights/detectors/ (Apache-2.0; NOTICE.txt there) and run by OpenCV's DNN module
-  (blazeface.py), with tiles for small faces in large photos and the short-range model on a
-  padded copy for close-ups. Eye keypoints for alignment. No mediapipe, nothing downloaded.
+  weights/detectors/ as ONNX (Apache-2.0; NOTICE.txt there) and run by onnxruntime, or by
+  OpenCV's DNN module without it (blazeface.py), with tiles for small faces in large photos
+  and the short-range model on a padded copy for close-ups. Eye keypoints for alignment. No mediapipe, nothing downloaded.
   "mediapipe" (the old default: the same model family through the mediapipe package) is
   accepted as another name for it. Numbers: benchmarks/detectors.py.
 - "haar": OpenCV's bundled frontal-face Haar cascade (opencv-python-headless 4.x ships it;
@@ -97,22 +97,24 @@ class Detector:
 
 
 class BlazeFaceDetector(Detector):
-    """MediaPipe's BlazeFace models, bundled and run by OpenCV (see blazeface.py): the full-range
-    model on the whole photo, plus two looks that the plain model lacks:
+    """MediaPipe's BlazeFace models, bundled (see blazeface.py; run by onnxruntime, or by OpenCV
+    without it): the full-range model on the whole photo, plus two looks that the plain model lacks:
 
     - Small faces in large photos: when the photo's longest side exceeds `tile_above` px, it is
-      also cut into tiles of `tile` px overlapping by >= 1/6 (8 tiles at 1920x1080); a face found in a tile
-      is kept unless it touches a tile edge inside the photo (a neighbouring tile or the
-      whole-photo pass sees it whole) or lies on a face already found. 640x480 photos get no
-      tiles, to stay inside the latency budget (faces under ~50 px there are often missed).
+      also cut into tiles of `tile` px overlapping by >= 1/6 (8 tiles at 1920x1080); a face
+      found in a tile is kept if it scores at least `tile_min_score` (more looks, more chances
+      to invent a face), does not touch a tile edge inside the photo (a neighbouring tile or the
+      whole-photo pass sees it whole) and does not lie on a face already found. 640x480 photos
+      get no tiles, to stay inside the latency budget (faces under ~50 px there are often missed).
     - Close-ups: when nothing is found, the short-range model (trained on faces near the camera)
       looks at the photo centred on a black canvas `pad` times its size, at the stricter score
       `closeup_min_score`: a face filling the photo, forehead and chin cut, is then found.
-      pad=0 turns this off. Only photos without a (full-range) face pay for it, ~3 ms.
+      pad=0 turns this off. Only photos without a (full-range) face pay for it, ~2 ms.
 
-    Settings were picked on benchmarks/detectors.py (close-ups vs faces invented in 19 no-face
-    photos: 0.7 is above the best no-face score seen, 0.62). The boxes have the framing of
-    mediapipe's (the same model), so the crop geometry is unchanged.
+    Settings were picked on benchmarks/detectors.py, on the same photos it reports (a rough
+    setting): close-ups found vs faces invented in 19 no-face photos (0.7 is above the best
+    no-face score the close-up look gave, 0.62; 0.65 above the best a tile gave, 0.60). The
+    boxes have the framing of mediapipe's (the same model), so the crop geometry is unchanged.
     """
 
     name = "blazeface"
@@ -121,13 +123,13 @@ class BlazeFaceDetector(Detector):
     crop_shift = -0.03
 
     def __init__(self, min_score: float = 0.5, tile: int = 640, tile_above: int = 960, pad: float = 1.5,
-                 closeup_min_score: float = 0.7):
+                 closeup_min_score: float = 0.7, tile_min_score: float = 0.65, runtime: str = "auto"):
         from ferlab.blazeface import BlazeFace
 
-        self.model = BlazeFace("full", min_score=min_score)
-        self.near = BlazeFace("short", min_score=closeup_min_score) if pad > 1 else None
+        self.model = BlazeFace("full", min_score=min_score, runtime=runtime)
+        self.near = BlazeFace("short", min_score=closeup_min_score, runtime=runtime) if pad > 1 else None
         self.min_score, self.tile, self.tile_above = min_score, tile, tile_above
-        self.pad, self.closeup_min_score = pad, closeup_min_score
+        self.pad, self.closeup_min_score, self.tile_min_score = pad, closeup_min_score, tile_min_score
 
     def _detect(self, image):
         rgb = _rgb(image)
@@ -151,6 +153,8 @@ class BlazeFaceDetector(Detector):
         for (x, y), (tw, th) in zip(origins, sizes):
             b, s, k = self.model.detect(rgb[y:y + th, x:x + tw])
             for box, score, kp in zip(b, s, k):
+                if score < self.tile_min_score:
+                    continue
                 bx, by, bw, bh = box
                 inner = ((x > 0 and bx < 2) or (y > 0 and by < 2) or (x + tw < w and bx + bw > tw - 2)
                          or (y + th < h and by + bh > th - 2))
