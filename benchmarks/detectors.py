@@ -25,10 +25,11 @@ Photo groups, all made here at run time from those photos (nothing else is read)
 Per detector and group: faces found / faces there, false positives, and for the photos group
 the median over photos of the best-of-repeats wall time at 640x480 and 1920x1080. Then the
 detect + classify time of `Recognizer()` (bundled default model, default detector) per 640x480
-photo. The old mediapipe detector (mediapipe==0.10.21, legacy solutions.face_detection, full range
+photo, timed photo by photo against the detector alone. The old mediapipe detector (mediapipe==0.10.21, legacy solutions.face_detection, full range
 with a short-range second look: ferlab's default before 0.2) is compared when it is installed;
-it is defined here, as ferlab no longer uses it. Timings drift with machine load: every
-detector is timed in the same run, photo by photo in turn.
+it is defined here, as ferlab no longer uses it (run this in a venv with mediapipe==0.10.21
+and PYTHONPATH=src; the main venv has numpy 2, which that mediapipe cannot use). Timings drift
+with machine load: every detector is timed on each photo in turn, in the same run.
 """
 
 import argparse
@@ -278,19 +279,19 @@ def main():
               "| small faces found / FP | no-face photos: FP | median ms 640x480 | median ms 1920x1080 |")
     print(header)
     print("|" + "---|" * header.count(" | ") + "---|")
-    for name, det in detectors.items():
-        cols, ms = [], {}
-        for size in ((640, 480), (1920, 1080)):
-            found = fp = 0
-            times = []
-            for _, image, count in photos:
-                img, _ = letterbox(image, *size)
+    # Timing: photo by photo, every detector in turn on the same photo, so load drift hits all alike.
+    counts = {name: {} for name in detectors}
+    times = {name: {} for name in detectors}
+    for size in ((640, 480), (1920, 1080)):
+        for _, image, count in photos:
+            img, _ = letterbox(image, *size)
+            for name, det in detectors.items():
                 faces, t = timed(det, img, args.repeats)
-                times.append(t)
-                found += min(len(faces), count)
-                fp += max(0, len(faces) - count)
-            cols.append(f"{found}/{faces_in_photos} / {fp}")
-            ms[size] = statistics.median(times)
+                found, fp = counts[name].get(size, (0, 0))
+                counts[name][size] = (found + min(len(faces), count), fp + max(0, len(faces) - count))
+                times[name].setdefault(size, []).append(t)
+    for name, det in detectors.items():
+        cols = [f"{counts[name][size][0]}/{faces_in_photos} / {counts[name][size][1]}" for size in ((640, 480), (1920, 1080))]
         for group in ("close-ups", "small"):
             found = fp = total = 0
             for _, img, cells in groups[group]:
@@ -304,6 +305,7 @@ def main():
                     found, fp, total = found + f, fp + p, total + len(cells)
             cols.append(f"{found}/{total} / {fp}")
         cols.append(str(sum(len(det.detect(im)) for _, im in empty)))
+        ms = {size: statistics.median(v) for size, v in times[name].items()}
         print(f"| {name} | " + " | ".join(cols) + f" | {ms[(640, 480)]:.1f} | {ms[(1920, 1080)]:.1f} |", flush=True)
     print(f"\nphotos: {len(photos)} ({faces_in_photos} faces); close-ups: {len(groups['close-ups'])}; small: "
           f"{len(groups['small'])} frames; no-face: {len(empty)} photos")
@@ -312,18 +314,24 @@ def main():
         from ferlab.predict import Recognizer
 
         rec = Recognizer()
-        times = []
+        alone = BlazeFaceDetector()
+        both, det_only = [], []
         for _, image, _ in photos:
             img, _ = letterbox(image, 640, 480)
             rec.predict(img)
-            best = float("inf")
+            t_both = t_det = float("inf")
             for _ in range(args.repeats):
                 t = time.perf_counter()
                 rec.predict(img)
-                best = min(best, time.perf_counter() - t)
-            times.append(best * 1000)
+                t_both = min(t_both, time.perf_counter() - t)
+                t = time.perf_counter()
+                alone.detect(img)
+                t_det = min(t_det, time.perf_counter() - t)
+            both.append(t_both * 1000)
+            det_only.append(t_det * 1000)
         print(f"\ndetect + classify, Recognizer() ({rec.backend} backend, {rec.detector.name} detector), 640x480 photos: "
-              f"median {statistics.median(times):.1f} ms, max {max(times):.1f} ms")
+              f"median {statistics.median(both):.1f} ms, max {max(both):.1f} ms (detection alone: median "
+              f"{statistics.median(det_only):.1f} ms)")
 
 
 if __name__ == "__main__":

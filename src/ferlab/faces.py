@@ -177,7 +177,8 @@ class BlazeFaceDetector(Detector):
 
     def __repr__(self):
         return (f"BlazeFaceDetector(min_score={self.min_score}, tile={self.tile}, tile_above={self.tile_above}, "
-                f"pad={self.pad}, closeup_min_score={self.closeup_min_score})")
+                f"pad={self.pad}, closeup_min_score={self.closeup_min_score}, tile_min_score={self.tile_min_score}, "
+                f"runtime={self.model.runtime!r})")
 
 
 def _tile_starts(length: int, tile: int, overlap: float = 1 / 6) -> list[int]:
