@@ -1,4 +1,5 @@
 import tracemalloc
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -202,3 +203,26 @@ def test_crop_levels_the_eyes(mp_detector, astronaut):
     err_aligned = np.abs(aligned - upright).mean()
     err_plain = np.abs(plain - upright).mean()
     assert err_aligned < 0.6 * err_plain, (err_aligned, err_plain)
+
+
+def test_cli_predict_close_up_no_face_and_corrupt_file(tmp_path, capsys, astronaut, cat, fernet_weights):
+    """`ferlab predict` with the default (bundled) detector: a close-up gets its face, a photo
+    without a face gets none, and a corrupt file is one line on stderr."""
+    import json
+
+    from PIL import Image
+
+    from ferlab.cli import main
+
+    x, y, w, h = ASTRONAUT_BOX
+    Image.fromarray(np.ascontiguousarray(astronaut[y:y + h, x:x + w])).resize((300, 300)).save(tmp_path / "close.png")
+    Image.fromarray(cat).save(tmp_path / "cat.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
+    code = main(["predict", str(tmp_path / "close.png"), str(tmp_path / "cat.jpg"), str(tmp_path / "bad.jpg"),
+                 "--model", str(fernet_weights)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    faces = {Path(r["path"]).name: r["faces"] for r in map(json.loads, out.splitlines())}
+    assert len(faces["close.png"]) == 1 and faces["cat.jpg"] == [] and "bad.jpg" not in faces
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"ferlab predict: skipped {tmp_path / 'bad.jpg'}: ") and "corrupt" in line
