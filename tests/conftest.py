@@ -113,11 +113,10 @@ def cat():
 
 @pytest.fixture(scope="session")
 def recognizer(fernet_weights):
-    """Recognizer with random fernet_s weights and the MediaPipe detector (shared: read-only use)."""
-    pytest.importorskip("mediapipe")
+    """Recognizer with random fernet_s weights and the bundled BlazeFace detector (shared: read-only use)."""
     from ferlab.predict import Recognizer
 
-    rec = Recognizer(fernet_weights, detector="mediapipe")
+    rec = Recognizer(fernet_weights, detector="blazeface")
     yield rec
     rec.close()
 

@@ -47,13 +47,12 @@ def server(fernet_weights, tmp_path_factory):
     """`ferlab serve` on a free loopback port; yields its base URL."""
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    pytest.importorskip("mediapipe")
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ferlab", "serve", "--model", str(fernet_weights), "--port", str(port),
-                                 "--threads", "1", "--detector", "mediapipe"], stdout=out, stderr=subprocess.STDOUT, env=env)
+                                 "--threads", "1", "--detector", "blazeface"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         if not wait_until(lambda: proc.poll() is not None or healthy(url), timeout=30, interval=0.2) or proc.poll() is not None:

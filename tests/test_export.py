@@ -150,7 +150,7 @@ def test_onnx_backend_matches_torch(fernet_weights):
 
 def test_onnx_backend_on_a_photo(recognizer, fernet_weights, astronaut):
     ref = recognizer.predict(astronaut)
-    with Recognizer(fernet_weights, detector="mediapipe", backend="onnx") as rec:
+    with Recognizer(fernet_weights, detector="blazeface", backend="onnx") as rec:
         got = rec.predict(astronaut)
     assert len(got) == 1 and got[0]["box"] == ref[0]["box"]
     for c in FER2013_CLASSES:

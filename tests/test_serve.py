@@ -10,7 +10,6 @@ from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
-pytest.importorskip("mediapipe")
 pytest.importorskip("onnxruntime")
 
 with warnings.catch_warnings():
@@ -58,7 +57,7 @@ def photos(astronaut, cat):
 
 @pytest.fixture(scope="module")
 def client(fernet_weights):
-    app = create_app(fernet_weights, max_upload_mb=2, detector="mediapipe", backend="onnx")
+    app = create_app(fernet_weights, max_upload_mb=2, detector="blazeface", backend="onnx")
     with TestClient(app) as c:  # runs the lifespan: the Recognizer is loaded here, once
         yield c
 
@@ -79,7 +78,7 @@ def test_healthz(client):
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == "ok" and body["model"] == "fernet_s" and body["backend"] == "onnx"
-    assert body["classes"] == list(FER2013_CLASSES) and body["detector"] == "mediapipe"
+    assert body["classes"] == list(FER2013_CLASSES) and body["detector"] == "blazeface"
 
 
 def test_predict_one_face(client, photos):
@@ -120,7 +119,7 @@ def test_bad_input_gives_json_errors_and_the_server_keeps_serving(client, photos
 
 def test_oversize_upload_is_413(fernet_weights, photos):
     big = photos["astronaut.png"]  # 0.4 MB against a 0.1 MB limit
-    with TestClient(create_app(fernet_weights, max_upload_mb=0.1, detector="mediapipe")) as c:
+    with TestClient(create_app(fernet_weights, max_upload_mb=0.1, detector="blazeface")) as c:
         assert_json_error(post(c, big), 413, "above the 0.1 MB limit")  # refused from Content-Length
 
         def chunks():  # no Content-Length: counted while reading
@@ -159,7 +158,7 @@ def test_web_page_and_static_files(client):
 
 
 def test_ensemble(fernet_weights, other_weights, photos):
-    with TestClient(create_app([fernet_weights, other_weights], detector="mediapipe")) as c:
+    with TestClient(create_app([fernet_weights, other_weights], detector="blazeface")) as c:
         body = c.get("/healthz").json()
         assert body["model"] == "fernet_s + fernet_s"
         assert body["weights"] == "fernet_s_random.safetensors + fernet_s_other.safetensors"

@@ -15,7 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory, astronaut):
     """An 8-frame 10 fps mp4 of the astronaut drifting right (1 face per frame), 320x240."""
-    pytest.importorskip("mediapipe")
     path = tmp_path_factory.mktemp("video") / "astronaut.mp4"
     face = cv2.cvtColor(cv2.resize(astronaut, (240, 240)), cv2.COLOR_RGB2BGR)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
@@ -37,7 +36,7 @@ def test_video_timeline_and_annotated_mp4(cli, capsys, clip, fernet_weights, tmp
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert [r["frame"] for r in rows] == ["0", "2", "4", "6"]  # one face on every 2nd frame
     assert [float(r["time_s"]) for r in rows] == [0.0, 0.2, 0.4, 0.6]
-    assert {r["face"] for r in rows} == {"0"}
+    assert {r["face"] for r in rows} == {"0"} and {r["face_id"] for r in rows} == {"0"}  # one face, one id
     assert [k for k in rows[0] if k.startswith("prob_")] == [f"prob_{c}" for c in FER2013_CLASSES]
     assert rows[0]["smoothed_label"] in FER2013_CLASSES
     # frame 0's smoothed confidence is its own; later ones average the track so far
@@ -73,6 +72,70 @@ def test_smoother_follows_the_nearest_face():
     assert out[1]["smoothed_probs"]["a"] == pytest.approx(0.8)  # (1.0 + 0.6) / 2
     out = s.update([face(300, 0.3)])  # far from both: a new track
     assert out[0]["smoothed_probs"]["a"] == pytest.approx(0.3)
+
+
+def test_tracker_ids_survive_reordering_and_a_missed_frame():
+    tracker = video.Tracker(("a", "b"), patience=2)
+
+    def face(x, pa):
+        return {"box": [x, 0, 20, 20], "probs": {"a": pa, "b": 1 - pa}}
+
+    assert [f["id"] for f in tracker.update([face(0, 1.0), face(100, 0.0)], 0, 0.0)] == [0, 1]
+    assert [f["id"] for f in tracker.update([face(105, 0.2), face(3, 0.6)], 1, 0.1)] == [1, 0]
+    assert [f["id"] for f in tracker.update([face(108, 0.4)], 2, 0.2)] == [1]  # face 0 missed once
+    assert [f["id"] for f in tracker.update([face(6, 0.8), face(110, 0.0)], 3, 0.3)] == [0, 1]  # and back
+    assert [f["id"] for f in tracker.update([face(300, 0.3)], 4, 0.4)] == [2]  # far from both: new
+    for step in range(5, 8):
+        tracker.update([], step, step / 10)
+    assert [f["id"] for f in tracker.update([face(6, 0.5)], 8, 0.8)] == [3]  # track 0 ended (patience)
+    s0, s1, s2, s3 = tracker.summary()
+    assert (s0["frames"], s0["first_frame"], s0["last_frame"], s0["last_s"]) == (3, 0, 3, 0.3)
+    assert s0["dominant"] == "a" and s0["mean_probs"]["a"] == pytest.approx(0.8)  # (1.0 + 0.6 + 0.8) / 3
+    assert (s1["frames"], s1["dominant"], s1["mean_probs"]["b"]) == (4, "b", pytest.approx(0.85))
+    assert (s2["frames"], s3["frames"], s3["first_frame"]) == (1, 1, 8)
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory, astronaut):
+    """A 10-frame 10 fps 480x240 mp4 of two astronauts drifting towards each other; the right
+    one is hidden on frame 4 (a blank patch) and is back on frame 5."""
+    path = tmp_path_factory.mktemp("video") / "two.mp4"
+    face = cv2.cvtColor(cv2.resize(astronaut, (200, 200)), cv2.COLOR_RGB2BGR)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 240))
+    assert writer.isOpened()
+    for i in range(10):
+        frame = np.full((240, 480, 3), 90, np.uint8)
+        frame[20:220, 4 * i:4 * i + 200] = face
+        if i != 4:
+            frame[20:220, 276 - 4 * i:476 - 4 * i] = face[:, ::-1]
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_video_face_ids_and_summary(cli, capsys, two_faces, fernet_weights, tmp_path):
+    timeline, summary = tmp_path / "timeline.csv", tmp_path / "faces.csv"
+    code, out, err = cli("video", two_faces, "--model", fernet_weights, "--csv", timeline, "--summary", summary)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(timeline.read_text())))
+    by_frame = {}
+    for r in rows:
+        by_frame.setdefault(int(r["frame"]), []).append(r)
+    assert sorted(by_frame) == list(range(10)) and [len(by_frame[i]) for i in range(10)] == [2] * 4 + [1] + [2] * 5
+    for i, faces in by_frame.items():
+        left = min(faces, key=lambda r: int(r["x"]))
+        assert left["face_id"] == "0"  # the left face keeps id 0 from frame to frame
+        if len(faces) == 2:
+            assert max(faces, key=lambda r: int(r["x"]))["face_id"] == "1"  # and the right one id 1, after its gap too
+    table = list(csv.DictReader(io.StringIO(summary.read_text())))
+    assert [(t["face_id"], t["frames"], t["first_frame"], t["last_frame"]) for t in table] == [("0", "10", "0", "9"),
+                                                                                                ("1", "9", "0", "9")]
+    assert float(table[1]["first_s"]) == 0.0 and float(table[1]["last_s"]) == pytest.approx(0.9)
+    for t in table:
+        probs = [float(t[f"mean_prob_{c}"]) for c in FER2013_CLASSES]
+        assert sum(probs) == pytest.approx(1, abs=1e-3) and t["dominant"] == FER2013_CLASSES[int(np.argmax(probs))]
+    assert "19 faces, 2 face ids" in err
+    assert "face 0: 10 frames, 0.00-0.90 s, mostly" in err and "face 1: 9 frames" in err
 
 
 def test_video_that_cannot_be_opened(cli, capsys, fernet_weights, tmp_path):

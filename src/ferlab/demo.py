@@ -21,7 +21,7 @@ from ferlab.recognizer import Recognizer
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-output", help="output folder (default ./demo-output)")
     parser.add_argument("--model", default="default", help="'default' (bundled), 'default-int8', 'ferplus', a run directory, a .safetensors or .onnx file")
-    parser.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar"], help="face detector")
+    parser.add_argument("--detector", default="auto", choices=["auto", "blazeface", "haar"], help="face detector")
 
 
 def run(args) -> int:

@@ -3,12 +3,14 @@
 `create_detector(name)` returns a detector whose `detect(image_rgb)` lists `Face`s (box in image
 pixels, score, eye landmarks when the backend gives them):
 
-- "mediapipe": MediaPipe's BlazeFace full-range model (the legacy `solutions.face_detection`
-  of mediapipe 0.10.21, whose tflite models ship in the wheel, Apache-2.0), with the
-  short-range model as a second look when it finds nothing (close-ups). Best face counts in
-  benchmarks/detectors.py, ~5-15 ms a photo, eye keypoints for alignment. The default.
-- "haar": OpenCV's bundled frontal-face Haar cascade; no extra dependency, but ~20x slower,
-  and it misses and invents faces. The fallback when mediapipe is not installed.
+- "blazeface" (= "auto", the default): MediaPipe's BlazeFace full-range model, bundled in
+  weights/detectors/ as ONNX (Apache-2.0; NOTICE.txt there) and run by onnxruntime, or by
+  OpenCV's DNN module without it (blazeface.py), with tiles for small faces in large photos
+  and the short-range model on a padded copy for close-ups. Eye keypoints for alignment. No mediapipe, nothing downloaded.
+  "mediapipe" (the old default: the same model family through the mediapipe package) is
+  accepted as another name for it. Numbers: benchmarks/detectors.py.
+- "haar": OpenCV's bundled frontal-face Haar cascade (opencv-python-headless 4.x ships it;
+  5.x does not); ~20x slower, and it misses and invents faces.
 - "none" / "full": the whole image is one face, for photos that are already face crops.
 
 Photos larger than a detector's `max_side` are detected on a downscaled copy and the boxes
@@ -19,19 +21,19 @@ returns [] for them.
 square around the box centre whose side is `crop_scale` x the box side, shifted by `crop_shift`
 box sides. Those numbers were measured, not guessed: we ran each detector on 800 FER2013
 Training faces (upscaled, padded with their border) and took the median frame-to-box ratio.
-MediaPipe's box is tight (the FER2013 frame is 1.14x its side, centred 3% of the box higher);
-Haar's measured 1.01x on those upscaled faces, but on real photos its boxes are ~5% smaller
-than MediaPipe's 1.15x crops, so it gets 1.10x. The margin is thus ~7% of the box on each
-side, not the 20-25% often used: the classifier sees faces framed like its training data. With eye landmarks the crop is rotated about the face
-centre so the eye line is horizontal. Pixels outside the image repeat the border.
+BlazeFace's box is tight (the FER2013 frame is 1.14x its side, centred 3% of the box higher;
+measured with mediapipe's BlazeFace, whose boxes the bundled one reproduces to ~2 px on the
+astronaut); Haar's measured 1.01x on those upscaled faces, but on real photos its boxes are ~5%
+smaller than BlazeFace's 1.15x crops, so it gets 1.10x. The margin is thus ~7% of the box on
+each side, not the 20-25% often used: the classifier sees faces framed like its training data.
+With eye landmarks the crop is rotated about the face centre so the eye line is horizontal.
+Pixels outside the image repeat the border.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import cv2
@@ -94,62 +96,118 @@ class Detector:
         return f"{type(self).__name__}()"
 
 
-class MediaPipeDetector(Detector):
-    """BlazeFace via mediapipe 0.10.21's legacy solution.
+class BlazeFaceDetector(Detector):
+    """MediaPipe's BlazeFace models, bundled (see blazeface.py; run by onnxruntime, or by OpenCV
+    without it): the full-range model on the whole photo, plus two looks that the plain model lacks:
 
-    model_selection 1 = full range (faces up to ~5 m; the default), 0 = short range (~2 m).
-    The full-range model misses faces that fill most of the frame (3 of 9 close-ups in
-    benchmarks/detectors.py), so when it finds nothing the short-range model gets a second
-    look, at a stricter min score (0.65: the close-ups scored >= 0.71, the one non-face it
-    found among 19 no-face photos 0.58; picked on those same photos, so a rough setting).
-    close_range_fallback=False turns that off.
+    - Small faces in large photos: when the photo's longest side exceeds `tile_above` px, it is
+      also cut into tiles of `tile` px overlapping by >= 1/6 (8 tiles at 1920x1080); a face
+      found in a tile is kept if it scores at least `tile_min_score` (more looks, more chances
+      to invent a face), does not touch a tile edge inside the photo (a neighbouring tile or the
+      whole-photo pass sees it whole) and does not lie on a face already found. 640x480 photos
+      get no tiles, to stay inside the latency budget (faces under ~50 px there are often missed).
+    - Close-ups: when nothing is found, the short-range model (trained on faces near the camera)
+      looks at the photo centred on a black canvas `pad` times its size, at the stricter score
+      `closeup_min_score`: a face filling the photo, forehead and chin cut, is then found.
+      pad=0 turns this off. Only photos without a (full-range) face pay for it, ~2 ms.
+
+    Settings were picked on benchmarks/detectors.py, on the same photos it reports (a rough
+    setting): close-ups found vs faces invented in 19 no-face photos (0.7 is above the best
+    no-face score the close-up look gave, 0.62; 0.65 above the best a tile gave, 0.60). The
+    boxes have the framing of mediapipe's (the same model), so the crop geometry is unchanged.
     """
 
-    name = "mediapipe"
-    max_side = 960  # BlazeFace sees 192x192 (128 short-range): more pixels only cost resize time
+    name = "blazeface"
+    max_side = 1920  # larger photos are detected on a copy downscaled to this
     crop_scale = 1.15
     crop_shift = -0.03
-    fallback_min_score = 0.65
 
-    def __init__(self, model_selection: int = 1, min_score: float = 0.5, close_range_fallback: bool = True):
-        try:
-            from mediapipe.python.solutions import face_detection
-        except ImportError as e:
-            raise FerlabError(f"the mediapipe detector needs mediapipe==0.10.21 (pip install 'ferlab[detect]'): {e}") from None
-        self.model_selection, self.min_score = model_selection, min_score
-        self.close_range_fallback = close_range_fallback and model_selection == 1
-        # The first inference prints TFLite/absl banners on fd 2; load and warm up quietly.
-        with _quiet_stderr():
-            self._fd = face_detection.FaceDetection(model_selection=model_selection, min_detection_confidence=min_score)
-            self._fd.process(np.zeros((64, 64, 3), np.uint8))
-            self._near = None
-            if self.close_range_fallback:
-                self._near = face_detection.FaceDetection(
-                    model_selection=0, min_detection_confidence=max(min_score, self.fallback_min_score))
-                self._near.process(np.zeros((64, 64, 3), np.uint8))
+    def __init__(self, min_score: float = 0.5, tile: int = 640, tile_above: int = 960, pad: float = 1.5,
+                 closeup_min_score: float = 0.7, tile_min_score: float = 0.65, runtime: str = "auto"):
+        from ferlab.blazeface import BlazeFace
+
+        self.model = BlazeFace("full", min_score=min_score, runtime=runtime)
+        self.near = BlazeFace("short", min_score=closeup_min_score, runtime=runtime) if pad > 1 else None
+        self.min_score, self.tile, self.tile_above = min_score, tile, tile_above
+        self.pad, self.closeup_min_score, self.tile_min_score = pad, closeup_min_score, tile_min_score
 
     def _detect(self, image):
         rgb = _rgb(image)
-        detections, min_score = self._fd.process(rgb).detections, self.min_score
-        if not detections and self._near is not None:
-            detections, min_score = self._near.process(rgb).detections, max(self.min_score, self.fallback_min_score)
-        h, w = image.shape[:2]
-        for d in detections or []:
-            if d.score[0] < min_score:  # mediapipe applies its threshold before weighted NMS
-                continue
-            b = d.location_data.relative_bounding_box
-            k = d.location_data.relative_keypoints  # 0: subject's right eye, 1: subject's left eye
-            marks = {"right_eye": (k[0].x * w, k[0].y * h), "left_eye": (k[1].x * w, k[1].y * h)} if len(k) >= 2 else None
-            yield (b.xmin * w, b.ymin * h, b.width * w, b.height * h), d.score[0], marks
+        h, w = rgb.shape[:2]
+        boxes, scores, kps = self.model.detect(rgb)
+        if max(h, w) > self.tile_above:
+            boxes, scores, kps = self._add_tiles(rgb, boxes, scores, kps)
+        if len(boxes) == 0 and self.near is not None:
+            boxes, scores, kps = self._closeup(rgb)
+        for box, score, k in zip(boxes, scores, kps):
+            # keypoint 0 is the subject's right eye (image left), 1 the left eye
+            marks = {"right_eye": (float(k[0, 0]), float(k[0, 1])), "left_eye": (float(k[1, 0]), float(k[1, 1]))}
+            yield tuple(float(v) for v in box), float(score), marks
 
-    def close(self):
-        self._fd.close()
-        if self._near is not None:
-            self._near.close()
+    def _add_tiles(self, rgb, boxes, scores, kps):
+        h, w = rgb.shape[:2]
+        xs, ys = _tile_starts(w, self.tile), _tile_starts(h, self.tile)
+        origins = [(x, y) for y in ys for x in xs]
+        sizes = [(min(self.tile, w - x), min(self.tile, h - y)) for x, y in origins]
+        keep_b, keep_s, keep_k = [boxes], [scores], [kps]
+        for (x, y), (tw, th) in zip(origins, sizes):
+            b, s, k = self.model.detect(rgb[y:y + th, x:x + tw])
+            for box, score, kp in zip(b, s, k):
+                if score < self.tile_min_score:
+                    continue
+                bx, by, bw, bh = box
+                inner = ((x > 0 and bx < 2) or (y > 0 and by < 2) or (x + tw < w and bx + bw > tw - 2)
+                         or (y + th < h and by + bh > th - 2))
+                if inner:
+                    continue
+                keep_b.append(np.array([[bx + x, by + y, bw, bh]], np.float32))
+                keep_s.append(np.array([score], np.float32))
+                keep_k.append(kp[None] + np.array([x, y], np.float32))
+        boxes, scores, kps = (np.concatenate(v) for v in (keep_b, keep_s, keep_k))
+        return _merge(boxes, scores, kps)
+
+    def _closeup(self, rgb):
+        h, w = rgb.shape[:2]
+        side = int(round(self.pad * max(h, w)))
+        x0, y0 = (side - w) // 2, (side - h) // 2
+        canvas = cv2.copyMakeBorder(rgb, y0, side - h - y0, x0, side - w - x0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        boxes, scores, kps = self.near.detect(canvas)
+        boxes[:, :2] -= (x0, y0)
+        return boxes, scores, kps - np.array([x0, y0], np.float32)
 
     def __repr__(self):
-        return (f"MediaPipeDetector(model_selection={self.model_selection}, min_score={self.min_score}, "
-                f"close_range_fallback={self.close_range_fallback})")
+        return (f"BlazeFaceDetector(min_score={self.min_score}, tile={self.tile}, tile_above={self.tile_above}, "
+                f"pad={self.pad}, closeup_min_score={self.closeup_min_score}, tile_min_score={self.tile_min_score}, "
+                f"runtime={self.model.runtime!r})")
+
+
+def _tile_starts(length: int, tile: int, overlap: float = 1 / 6) -> list[int]:
+    """Start offsets of tiles of `tile` px covering [0, length) with at least `overlap` of a tile shared."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile * overlap) / (tile * (1 - overlap)))
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _merge(boxes, scores, kps):
+    """Keep the best of boxes that cover each other: a box is dropped when more than half of it (or
+    of the better box) lies inside a better-scored one."""
+    order = np.argsort(-scores)
+    kept = []
+    for i in order:
+        x, y, w, h = boxes[i]
+        dup = False
+        for j in kept:
+            X, Y, W, H = boxes[j]
+            iw = max(0.0, min(x + w, X + W) - max(x, X))
+            ih = max(0.0, min(y + h, Y + H) - max(y, Y))
+            if iw * ih > 0.5 * min(w * h, W * H):
+                dup = True
+                break
+        if not dup:
+            kept.append(i)
+    kept = np.array(kept, int)
+    return boxes[kept], scores[kept], kps[kept]
 
 
 class HaarDetector(Detector):
@@ -190,19 +248,20 @@ class FullImageDetector(Detector):
         return [] if min(h, w) < MIN_SIDE else [Face((0, 0, w, h), 1.0, None)]
 
 
-DETECTORS = {"mediapipe": MediaPipeDetector, "haar": HaarDetector, "full": FullImageDetector, "none": FullImageDetector}
+DETECTORS = {"blazeface": BlazeFaceDetector, "haar": HaarDetector, "full": FullImageDetector, "none": FullImageDetector}
+DETECTOR_NAMES = ("auto", *DETECTORS)  # what --detector accepts
 
 
 def create_detector(name: str = "auto", **kwargs) -> Detector:
-    """'auto' (mediapipe when importable, else haar), 'mediapipe', 'haar', or 'none'/'full'."""
+    """'auto' or 'blazeface' (the bundled BlazeFace: the default), 'haar', or 'none'/'full'.
+
+    'mediapipe' (ferlab <= 0.1's default, the same BlazeFace model through the mediapipe package)
+    is accepted as another name for 'blazeface'."""
     name = name.lower()
-    if name == "auto":
-        try:
-            return MediaPipeDetector(**kwargs)
-        except (FerlabError, RuntimeError, OSError):  # not installed, or its graph failed to load
-            return HaarDetector()
+    if name in ("auto", "mediapipe"):
+        name = "blazeface"
     if name not in DETECTORS:
-        raise FerlabError(f"unknown face detector {name!r} (known: auto, {', '.join(DETECTORS)})")
+        raise FerlabError(f"unknown face detector {name!r} (known: {', '.join(DETECTOR_NAMES)})")
     return DETECTORS[name](**kwargs)
 
 
@@ -301,26 +360,3 @@ def _check_image(image) -> np.ndarray:
 
 def _rgb(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else np.ascontiguousarray(image)
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence fd 2 (C++ log banners) for the duration."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real fd 2 (embedded interpreters)
-        yield
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    os.close(null)
-    try:
-        yield
-    finally:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(saved, 2)
-        os.close(saved)

@@ -1,6 +1,6 @@
 """Recognise facial expressions in photos, arrays and face crops: the `Recognizer`.
 
-    rec = Recognizer()                      # bundled "default" model, MediaPipe (or Haar) faces
+    rec = Recognizer()                      # bundled "default" model, bundled BlazeFace face detector
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
@@ -233,8 +233,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'default' (bundled; the default), 'default-int8' (its int8 export), 'ferplus' (8 classes), a run directory, "
                              "a .safetensors file or an .onnx file from `ferlab export`; "
                              "repeat (--model A --model B) for an ensemble that averages their probabilities")
-    parser.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "haar", "none", "full"],
-                        help="face detector: auto = mediapipe if installed, else haar; none/full = image is one face")
+    parser.add_argument("--detector", default="auto", choices=["auto", "blazeface", "haar", "none", "full"],
+                        help="face detector: auto = blazeface (bundled); haar = OpenCV's cascade; none/full = image is one face")
     parser.add_argument("--tta", default="none", choices=TTA_MODES,
                         help="test-time augmentation: flip averages each face with its mirror, tencrop over 10 crops")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")

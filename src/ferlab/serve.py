@@ -28,7 +28,7 @@ left are removed at start-up (remove_stale_uploads).
 The Recognizer is loaded once, at start-up (the app's lifespan; `ferlab serve` loads it before
 binding the port so a bad --model is a one-line error). Requests run in Starlette's threadpool:
 up to `decode_slots` (= CPU count, at least 2) decode uploads at once, and detection +
-classification run under one lock, because MediaPipe's detector object is not thread-safe (and
+classification run under one lock, because the detector's runtime session is shared (and
 on a CPU, classifying one request at a time with all threads costs no throughput). The
 classifier defaults to `--backend auto`: onnxruntime when installed, ~3x faster than PyTorch
 fp32 here (see predict.Recognizer's backend).
@@ -83,7 +83,7 @@ class Service:
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.name = name
-        self.lock = threading.Lock()  # detector (MediaPipe) + classifier: one request at a time
+        self.lock = threading.Lock()  # detector + classifier: one request at a time
         self.decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
         self.large_decode = threading.Lock()  # images above LARGE_PIXELS decode one at a time
 
@@ -265,7 +265,7 @@ async def read_image_field(request, max_bytes: int) -> bytes:
 
 FIELD_DOCS = {  # the response fields, as the OpenAPI schema (and so /docs) describes them
     "box": "[x, y, width, height] of the face, in pixels of the upright photo at full size",
-    "score": "the face detector's confidence that the box holds a face (0-1; with MediaPipe its detection score, "
+    "score": "the face detector's confidence that the box holds a face (0-1; BlazeFace's detection score, "
              "faces below 0.5 are not reported). Says nothing about the expression",
     "label": "the most probable expression (a class of the model)",
     "confidence": "the expression classifier's probability of `label` (= probs[label], 0-1): how sure the model is "

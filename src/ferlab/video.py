@@ -1,11 +1,15 @@
 """Expressions in videos and live from a webcam: `ferlab video` and `ferlab webcam`.
 
 `ferlab video IN` reads every frame, recognises faces on every N-th (--every), and writes a CSV
-timeline (one row per face per processed frame: frame, time_s, face, box, label, confidence,
-probabilities; stdout unless --csv) and/or an annotated mp4 (--out; every frame, boxes from
-the latest processed frame). --smooth K adds a smoothed label: each face is linked to the
-nearest face of the previous processed frame (centre distance under one box width) and its
-probabilities are averaged over its last K processed frames. Outputs are written atomically.
+timeline (one row per face per processed frame: frame, time_s, face (index in the frame),
+face_id, box, label, confidence, probabilities; stdout unless --csv) and/or an annotated mp4
+(--out; every frame, boxes from the latest processed frame). face_id follows each face from
+frame to frame (`Tracker`: nearest face of the previous processed frames, centre distance
+under one box side). At the end one line per face id goes to stderr (frames seen, first-last
+time, dominant expression), and --summary FILE writes that per-face table as CSV (face_id,
+frames, first/last frame and time, dominant, mean probabilities). --smooth K adds a smoothed
+label: the face's probabilities averaged over its track's last K processed frames. Outputs
+are written atomically.
 
 `ferlab webcam` shows the camera with boxes and labels in a window; q or Esc quits. It needs a
 display and an OpenCV built with GUI support (opencv-python, not opencv-python-headless).
@@ -30,35 +34,74 @@ from ferlab.images import check_writable_file, draw_faces, rounded
 from ferlab.recognizer import add_model_arguments, recognizer_from_args
 
 
-class Smoother:
-    """Moving average of each face's probabilities over its last k frames (nearest-centre tracking)."""
+class Tracker:
+    """Follows faces from processed frame to processed frame and gives each one an id.
+
+    A face is linked to the nearest live track whose last centre lies within one box side (the
+    larger of the face's width and height); pairs are taken closest first, so two faces never
+    share a track. A face with no track near it starts a new one (ids count up from 0). A track
+    not seen for more than `patience` processed frames ends, so a face that leaves and comes back
+    later gets a new id; a face missed by the detector for a frame or two keeps its id.
+    `update` adds "id" to each face dict and, when smooth > 1, smoothed_label / smoothed_confidence /
+    smoothed_probs: the mean of the track's last `smooth` probability vectors. `summary()` lists
+    every track: frames seen, first and last frame and time, dominant expression (the argmax of
+    its mean probabilities) and those mean probabilities.
+    """
+
+    def __init__(self, classes, smooth: int = 1, patience: int = 5):
+        self.classes, self.smooth, self.patience = tuple(classes), smooth, patience
+        self.live: list[dict] = []  # tracks still matched against new faces
+        self.tracks: list[dict] = []  # every track, in id order
+        self.step = 0  # processed frames so far
+
+    def update(self, faces: list[dict], frame: int = 0, time_s: float = 0.0) -> list[dict]:
+        centres = [np.array([x + w / 2, y + h / 2]) for x, y, w, h in (f["box"] for f in faces)]
+        pairs = sorted((float(np.linalg.norm(c - t["centre"])), i, j)
+                       for i, c in enumerate(centres) for j, t in enumerate(self.live))
+        match, used = {}, set()
+        for dist, i, j in pairs:
+            if i not in match and j not in used and dist < max(faces[i]["box"][2:]):
+                match[i] = j
+                used.add(j)
+        for i, face in enumerate(faces):
+            if i in match:
+                track = self.live[match[i]]
+            else:
+                track = {"id": len(self.tracks), "recent": deque(maxlen=self.smooth), "sum": np.zeros(len(self.classes)),
+                         "frames": 0, "first": (frame, time_s)}
+                self.tracks.append(track)
+                self.live.append(track)
+            probs = np.array([face["probs"][c] for c in self.classes])
+            track.update(centre=centres[i], seen=self.step, last=(frame, time_s))
+            track["recent"].append(probs)
+            track["sum"] += probs
+            track["frames"] += 1
+            face["id"] = track["id"]
+            if self.smooth > 1:
+                mean = np.mean(track["recent"], axis=0)
+                k = int(mean.argmax())
+                face["smoothed_label"], face["smoothed_confidence"] = self.classes[k], float(mean[k])
+                face["smoothed_probs"] = {c: float(v) for c, v in zip(self.classes, mean)}
+        self.live = [t for t in self.live if self.step - t["seen"] < self.patience]
+        self.step += 1
+        return faces
+
+    def summary(self) -> list[dict]:
+        out = []
+        for t in self.tracks:
+            mean = t["sum"] / t["frames"]
+            k = int(mean.argmax())
+            out.append({"id": t["id"], "frames": t["frames"], "first_frame": t["first"][0], "last_frame": t["last"][0],
+                        "first_s": round(t["first"][1], 3), "last_s": round(t["last"][1], 3),
+                        "dominant": self.classes[k], "mean_probs": {c: round(float(v), 4) for c, v in zip(self.classes, mean)}})
+        return out
+
+
+class Smoother(Tracker):
+    """Tracker(classes, smooth=k): the moving average of each face's probabilities over its last k frames."""
 
     def __init__(self, k: int, classes):
-        self.k, self.classes = k, tuple(classes)
-        self.tracks: list[tuple[np.ndarray, deque]] = []  # (centre, recent probability vectors)
-
-    def update(self, faces: list[dict]) -> list[dict]:
-        """Adds smoothed_label / smoothed_confidence / smoothed_probs to each face dict (in place)."""
-        free = list(self.tracks)
-        tracks = []
-        for face in faces:
-            x, y, w, h = face["box"]
-            centre = np.array([x + w / 2, y + h / 2])
-            history = None
-            if free:
-                dists = [np.linalg.norm(c - centre) for c, _ in free]
-                j = int(np.argmin(dists))
-                if dists[j] < max(w, h):
-                    history = free.pop(j)[1]
-            history = history if history is not None else deque(maxlen=self.k)
-            history.append(np.array([face["probs"][c] for c in self.classes]))
-            tracks.append((centre, history))
-            mean = np.mean(history, axis=0)
-            i = int(mean.argmax())
-            face["smoothed_label"], face["smoothed_confidence"] = self.classes[i], float(mean[i])
-            face["smoothed_probs"] = {c: float(v) for c, v in zip(self.classes, mean)}
-        self.tracks = tracks
-        return faces
+        super().__init__(classes, smooth=k)
 
 
 def open_video(path) -> cv2.VideoCapture:
@@ -89,21 +132,42 @@ def quiet_opencv():
 
 
 def timeline_header(classes, smooth: bool) -> list[str]:
-    cols = ["frame", "time_s", "face", "x", "y", "w", "h", "score", "label", "confidence"] + [f"prob_{c}" for c in classes]
+    cols = ["frame", "time_s", "face", "face_id", "x", "y", "w", "h", "score", "label", "confidence"]
+    cols += [f"prob_{c}" for c in classes]
     return cols + (["smoothed_label", "smoothed_confidence"] if smooth else [])
 
 
 def timeline_rows(frame: int, time_s: float, faces: list[dict], classes, smooth: bool) -> list[list]:
     rows = []
     for i, f in enumerate(rounded(faces)):
-        row = [frame, round(time_s, 3), i, *f["box"], f["score"], f["label"], f["confidence"]] + [f["probs"][c] for c in classes]
+        row = [frame, round(time_s, 3), i, f.get("id", ""), *f["box"], f["score"], f["label"], f["confidence"]]
+        row += [f["probs"][c] for c in classes]
         rows.append(row + ([f["smoothed_label"], f["smoothed_confidence"]] if smooth else []))
     return rows
 
 
+def summary_header(classes) -> list[str]:
+    return ["face_id", "frames", "first_frame", "last_frame", "first_s", "last_s", "dominant"] + [f"mean_prob_{c}" for c in classes]
+
+
+def summary_rows(summary: list[dict], classes) -> list[list]:
+    return [[t["id"], t["frames"], t["first_frame"], t["last_frame"], t["first_s"], t["last_s"], t["dominant"]]
+            + [t["mean_probs"][c] for c in classes] for t in summary]
+
+
+def print_summary(summary: list[dict], file=None, limit: int = 20) -> None:
+    """One line per tracked face (to stderr): id, frames seen, first-last time, dominant expression and its mean probability."""
+    file = file or sys.stderr
+    for t in summary[:limit]:
+        print(f"  face {t['id']}: {t['frames']} frames, {t['first_s']:.2f}-{t['last_s']:.2f} s, "
+              f"mostly {t['dominant']} ({t['mean_probs'][t['dominant']]:.2f})", file=file)
+    if len(summary) > limit:
+        print(f"  ... and {len(summary) - limit} more (--summary FILE lists them all)", file=file)
+
+
 def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smooth: int = 1, progress: bool = True) -> dict:
     """Run the recognizer over a video; write the annotated mp4 (to out_path) and CSV rows (to the
-    open text file csv_file). Returns counts."""
+    open text file csv_file). Returns counts and "summary", the per-face list of Tracker.summary()."""
     from tqdm import tqdm
 
     if every < 1 or smooth < 1:
@@ -113,10 +177,11 @@ def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smoot
     fps = fps if 0 < fps < 1000 else 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer = tmp_out = None
-    smoother = Smoother(smooth, rec.classes) if smooth > 1 else None
+    tracker = Tracker(rec.classes, smooth=smooth)
+    smoothed = smooth > 1
     csv_writer = csv.writer(csv_file) if csv_file is not None else None
     if csv_writer:
-        csv_writer.writerow(timeline_header(rec.classes, smoother is not None))
+        csv_writer.writerow(timeline_header(rec.classes, smoothed))
     counts = {"frames": 0, "processed": 0, "faces": 0}
     faces: list[dict] = []
     try:
@@ -127,13 +192,11 @@ def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smoot
             if not ok:
                 break
             if index % every == 0:
-                faces = rec.predict(frame, color="bgr")
-                if smoother:
-                    smoother.update(faces)
+                faces = tracker.update(rec.predict(frame, color="bgr"), index, index / fps)
                 counts["processed"] += 1
                 counts["faces"] += len(faces)
                 if csv_writer:
-                    csv_writer.writerows(timeline_rows(index, index / fps, faces, rec.classes, smoother is not None))
+                    csv_writer.writerows(timeline_rows(index, index / fps, faces, rec.classes, smoothed))
             if out_path is not None:
                 if writer is None:
                     h, w = frame.shape[:2]
@@ -141,7 +204,7 @@ def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smoot
                     writer = cv2.VideoWriter(str(tmp_out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                     if not writer.isOpened():
                         raise FerlabError(f"{out_path}: OpenCV cannot write an mp4v video here")
-                writer.write(draw_faces(frame, faces, label_key="smoothed_label" if smoother else "label"))
+                writer.write(draw_faces(frame, faces, label_key="smoothed_label" if smoothed else "label"))
             index += 1
             bar.update(1)
         bar.close()
@@ -157,6 +220,7 @@ def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smoot
             writer.release()
         if tmp_out is not None:
             Path(tmp_out).unlink(missing_ok=True)
+    counts["summary"] = tracker.summary()
     return counts
 
 
@@ -171,11 +235,14 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", help="write the per-frame, per-face timeline here (default: stdout when --out is not given)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="recognise on every N-th frame (default 1)")
     parser.add_argument("--smooth", type=int, default=1, metavar="K", help="also report labels averaged over K processed frames")
+    parser.add_argument("--summary", metavar="FILE", help="write one CSV row per tracked face (id, frames, first/last time, "
+                        "dominant expression, mean probabilities)")
     add_model_arguments(parser)
 
 
 def run_video(args) -> int:
-    for target in (args.out, args.csv):
+    summary_path = getattr(args, "summary", None)
+    for target in (args.out, args.csv, summary_path):
         if target and target != "-":
             check_writable_file(target)
     open_video(args.input).release()  # fail fast, before loading the model
@@ -195,9 +262,20 @@ def run_video(args) -> int:
     else:
         counts = process_video(rec, args.input, args.out, sys.stdout if csv_to_stdout else None, **kwargs)
     rec.close()
-    wrote = ", ".join(p for p in (args.out, args.csv if args.csv != "-" else None) if p)
-    print(f"ferlab video: {counts['frames']} frames, {counts['processed']} recognised, {counts['faces']} faces"
-          + (f" -> {wrote}" if wrote else ""), file=sys.stderr)
+    if summary_path:
+        def write_summary(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(summary_header(rec.classes))
+                w.writerows(summary_rows(counts["summary"], rec.classes))
+        try:
+            atomic_write(summary_path, write_summary)
+        except OSError as e:
+            raise FerlabError(f"{summary_path}: cannot write ({e.strerror or e})") from None
+    wrote = ", ".join(p for p in (args.out, args.csv if args.csv != "-" else None, summary_path) if p)
+    print(f"ferlab video: {counts['frames']} frames, {counts['processed']} recognised, {counts['faces']} faces, "
+          f"{len(counts['summary'])} face ids" + (f" -> {wrote}" if wrote else ""), file=sys.stderr)
+    print_summary(counts["summary"])
     return 0
 
 

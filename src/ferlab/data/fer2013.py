@@ -217,8 +217,8 @@ def apply_ferplus(dataset: FaceDataset, ferplus_path) -> FaceDataset:
         mismatch = np.flatnonzero(usage != dataset.splits)
         if mismatch.size:
             i = int(mismatch[0])
-            raise FerlabError(f"{ferplus_path}: line {i + 2}: Usage {usage[i]!r} but row {i + 1} of {dataset.source} "
-                              f"is {dataset.splits[i]!r}; the two files are not aligned row by row")
+            raise FerlabError(f"{ferplus_path}: line {i + 2}: Usage {str(usage[i])!r} but row {i + 1} of {dataset.source} "
+                              f"is {str(dataset.splits[i])!r}; the two files are not aligned row by row")
     labels, keep, dropped = ferplus_majority(votes)
     columns = [class_index(c, FERPLUS_CLASSES) for c in FERPLUS8_CLASSES]   # FER+ column of each ferlab class
     emotion_votes = votes[:, columns].astype(np.float32)   # reordered into FERPLUS8_CLASSES order
