@@ -213,7 +213,7 @@ def test_huge_image_is_413_before_decoding(client):
 def test_megapixel_limit_and_reduced_decoding(fernet_weights):
     from ferlab.serve import ApiError, decode
 
-    with TestClient(create_app(fernet_weights, max_megapixels=0.5, detector="mediapipe")) as c:
+    with TestClient(create_app(fernet_weights, max_megapixels=0.5, detector="blazeface")) as c:
         assert_json_error(post(c, encode(np.zeros((800, 1000, 3), np.uint8), "PNG")), 413, "0.5 MP limit")
         jpeg = encode(np.zeros((1600, 2000, 3), np.uint8), "JPEG")
         assert_json_error(post(c, jpeg, "a.jpg", "image/jpeg"), 413, "2000x1600 (3.2 MP)")
@@ -256,7 +256,7 @@ def live(fernet_weights):
 
     from ferlab.serve import uvicorn_options
 
-    app = create_app(fernet_weights, max_upload_mb=2, detector="mediapipe", backend="onnx")
+    app = create_app(fernet_weights, max_upload_mb=2, detector="blazeface", backend="onnx")
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options("127.0.0.1", 0, log_config=None)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -420,7 +420,7 @@ def test_start_removes_upload_copies_an_older_server_left(fernet_weights, monkey
         p.write_bytes(b"a user's photo")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
     os.utime(other, (time.time() - 3600, time.time() - 3600))
-    with TestClient(create_app(fernet_weights, detector="mediapipe")) as c:
+    with TestClient(create_app(fernet_weights, detector="blazeface")) as c:
         assert c.get("/healthz").status_code == 200
     assert not old.exists() and new.exists() and other.exists()
 
@@ -438,7 +438,7 @@ def test_ferlab_serve_logs_an_aborted_upload_in_one_line(fernet_weights, photos,
     log = tmp_path / "serve.log"
     with open(log, "w") as err:
         server = subprocess.Popen([sys.executable, "-m", "ferlab", "serve", "--port", str(port), "--model", str(fernet_weights),
-                                   "--detector", "mediapipe"], stdout=err, stderr=err)
+                                   "--detector", "blazeface"], stdout=err, stderr=err)
     try:
         deadline = time.monotonic() + 60
         while "Uvicorn running" not in log.read_text():
