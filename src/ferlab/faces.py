@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ferlab.blazeface import BlazeFace
 from ferlab.errors import FerlabError
 from ferlab.spec import CROP_SCALE, CROP_SHIFT, INPUT_SIZE
 
@@ -63,7 +64,7 @@ class Detector:
 
     name = "base"
     max_side = 1280  # detect on a copy downscaled to this longest side
-    crop_scale = 1.15  # crop side / box side (see module docstring)
+    crop_scale = CROP_SCALE  # crop side / box side (see module docstring)
     crop_shift = 0.0  # vertical shift of the crop centre, in box heights (negative = up)
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
@@ -119,13 +120,11 @@ class BlazeFaceDetector(Detector):
 
     name = "blazeface"
     max_side = 1920  # larger photos are detected on a copy downscaled to this
-    crop_scale = 1.15
-    crop_shift = -0.03
+    crop_scale = CROP_SCALE   # the framing the bundled models were trained for (ferlab.spec)
+    crop_shift = CROP_SHIFT
 
     def __init__(self, min_score: float = 0.5, tile: int = 640, tile_above: int = 960, pad: float = 1.5,
                  closeup_min_score: float = 0.7, tile_min_score: float = 0.65, runtime: str = "auto"):
-        from ferlab.blazeface import BlazeFace
-
         self.model = BlazeFace("full", min_score=min_score, runtime=runtime)
         self.near = BlazeFace("short", min_score=closeup_min_score, runtime=runtime) if pad > 1 else None
         self.min_score, self.tile, self.tile_above = min_score, tile, tile_above
