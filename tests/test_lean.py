@@ -86,9 +86,26 @@ def _check_recognition(result):
     assert got["backend"] == "onnx" and got["torch_loaded"] == [] and got["attempts"] == [], got
 
 
+# The HTTP service end to end (needs the serve and test extras, as this suite has).
+SERVE = textwrap.dedent("""
+    from fastapi.testclient import TestClient
+    from ferlab.serve import create_app
+    with TestClient(create_app()) as client:
+        health = client.get("/healthz").json()
+        r = client.post("/v1/predict", files={"image": ("a.png", open(sys.argv[1], "rb").read(), "image/png")})
+    assert r.status_code == 200 and [f["label"] for f in r.json()["faces"]] == ["happy"], r.text
+    assert health["backend"] == "onnx", health
+    assert getattr(sys, "torch_attempts", []) == [] and "torch" not in sys.modules, sys.torch_attempts
+""")
+
+
 def test_recognition_never_imports_torch(astronaut_png):
     """predict, Recognizer(), serve, video: not one attempt to import torch (with torch blocked)."""
     _check_recognition(_python(sys.executable, BLOCK_TORCH + RECOGNISE, astronaut_png))
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    served = _python(sys.executable, BLOCK_TORCH + RECOGNISE + SERVE, astronaut_png)
+    assert served.returncode == 0, served.stderr[-2000:]
 
 
 def test_commands_that_need_torch_say_so_on_one_line(astronaut_png, tmp_path):
