@@ -120,6 +120,8 @@ def test_commands_that_need_torch_say_so_on_one_line(astronaut_png, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (args, result.stderr[-2000:])
         assert lines[0].startswith(f"ferlab {args[0]}: error: ") and 'pip install "ferlab[train]"' in lines[0], (args, lines)
+        if "ferplus" in args:
+            assert lines[0].endswith("(or model ferplus-int8, its int8 export, which runs without it)"), lines
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -40,7 +40,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ferlab import npinference, onnxrt
-from ferlab.bundled import onnx_twin, resolve_weights
+from ferlab.bundled import WEIGHTS_DIR, onnx_twin, resolve_weights
 from ferlab.errors import FerlabError
 from ferlab.faces import create_detector, crop_faces_for, to_float
 from ferlab.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
@@ -137,7 +137,7 @@ class Recognizer:
                         tb.channels_last(m)
         self.model, self.card = self.models[0], self.cards[0]
 
-    def _torch(self, why: str):
+    def _torch(self, why: str, alternative: str = ""):
         """ferlab.torchbackend (imported here, on first need, so that ONNX models never load torch), or
         one FerlabError naming the extra to install when PyTorch is missing."""
         if self._torch_backend is None:
@@ -146,7 +146,7 @@ class Recognizer:
             except ImportError as e:
                 if (e.name or "").split(".")[0] not in ("torch", "safetensors", "onnx"):
                     raise
-                raise FerlabError(f"{why} needs PyTorch, which is not installed: {TORCH_HINT}") from None
+                raise FerlabError(f"{why} needs PyTorch, which is not installed: {TORCH_HINT}{alternative}") from None
             if onnxrt.configured_threads():
                 torchbackend.set_threads(onnxrt.configured_threads())
             if isinstance(getattr(self, "device", None), str):
@@ -168,7 +168,10 @@ class Recognizer:
             model, card = load_onnx(path)
             return model, {**card, "weights_path": str(path)}
         why = f"{spec}: PyTorch weights" if self.backend == "onnx" else f"{spec} on the torch backend"
-        return self._torch(why).load_model(str(spec), self.device)
+        int8 = path.with_name(f"{path.stem}-int8.onnx")
+        alternative = f" (or model {int8.stem}, its int8 export, which runs without it)" \
+            if self.backend == "onnx" and int8.is_file() and int8.parent == WEIGHTS_DIR else ""
+        return self._torch(why, alternative).load_model(str(spec), self.device)
 
     # ---- classification -------------------------------------------------------------------
     def probabilities(self, x: np.ndarray) -> np.ndarray:
