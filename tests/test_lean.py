@@ -9,6 +9,7 @@ Two ways, both run by `make test`:
   naming its interpreter (skipped otherwise).
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -131,7 +132,10 @@ def test_bundled_default_runs_its_fp32_onnx_twin(astronaut):
     card = json.loads((WEIGHTS_DIR / "default.json").read_text())
     twin = json.loads((WEIGHTS_DIR / "default-fp32.json").read_text())
     assert twin["quantization"] == "none" and twin["fp32_parity"]["max_abs_diff"] < 1e-6
-    assert twin["card"]["weights_sha256"] and twin["card"]["metrics"] == card["metrics"]
+    weights = hashlib.sha256((WEIGHTS_DIR / "default.safetensors").read_bytes()).hexdigest()
+    assert twin["card"]["weights_sha256"] == weights, "default-fp32.onnx is stale: scripts/bundle_default.py rewrites it"
+    assert twin["card"]["metrics"] == card["metrics"]
+    assert twin["onnx_sha256"] == hashlib.sha256((WEIGHTS_DIR / "default-fp32.onnx").read_bytes()).hexdigest()
     x = np.random.default_rng(0).random((12, 48, 48), dtype=np.float32)
     for tta in ("none", "flip", "tencrop"):
         onnx = Recognizer(detector="none", tta=tta, batch_size=5)
