@@ -16,8 +16,8 @@ of its ONNX exports (fp32, and int8 as `ferlab export --quantize int8 --data` wr
 opset, preprocessing, classes. The int8 export itself ships too, as <name>-int8.onnx (+ its
 card <name>-int8.json): `Recognizer("default-int8")`; for "default" (or a name that has one) the
 fp32 export ships as <name>-fp32.onnx, which `Recognizer()` runs without torch. A run that
-started from (`--init`) or distilled from (`--teacher`) other models records their cards' training too, read before anything is overwritten: the
-total training cost includes theirs.
+started from (`--init`) or distilled from (`--teacher`) other models records their cards'
+training too, read before anything is overwritten: the total training cost includes theirs.
 """
 
 import argparse
