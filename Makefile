@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch is pinned to the CPU wheel that installs offline here; pyproject declares a looser range.
 TORCH := torch==2.13.0
+# The lean install (`pip install .`, no extras: no torch), checked by `make test-lean`.
+LEAN := .venv-lean
 
-.PHONY: venv demo test browser clean
+.PHONY: venv demo test test-lean browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,22 @@ browser:
 
 test: venv browser
 	$(PY) -m pytest -q --durations=15
+	$(MAKE) test-lean
+
+# A second venv, without --system-site-packages, so it cannot see torch: its dependencies come
+# from the index (pip's cache makes reruns cheap) and are installed again when pyproject changes;
+# this checkout is reinstalled each run (~10 s). tests/test_lean.py then checks that the astronaut
+# reads as happy there without torch, and that the training commands name the extra.
+$(LEAN)/.installed: pyproject.toml
+	rm -rf $(LEAN)
+	$(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/python -m pip install -q --upgrade pip
+	$(LEAN)/bin/python -m pip install -q .
+	touch $@
+
+test-lean: venv $(LEAN)/.installed
+	$(LEAN)/bin/python -m pip install -q --no-deps --force-reinstall .
+	FERLAB_LEAN_PYTHON=$(abspath $(LEAN))/bin/python $(PY) -m pytest -q tests/test_lean.py -k clean_install
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(LEAN) build *.egg-info src/*.egg-info

@@ -14,9 +14,10 @@ minutes of training to first reach each PrivateTest accuracy when the run logged
 --test-splits PrivateTest`, as benchmarks/time_to_accuracy.py runs it), the PrivateTest accuracy
 of its ONNX exports (fp32, and int8 as `ferlab export --quantize int8 --data` writes it) with the
 opset, preprocessing, classes. The int8 export itself ships too, as <name>-int8.onnx (+ its
-card <name>-int8.json): `Recognizer("default-int8")`. A run that started from (`--init`) or distilled from (`--teacher`)
-other models records their cards' training too, read before anything is overwritten: the
-total training cost includes theirs.
+card <name>-int8.json): `Recognizer("default-int8")`; for "default" (or a name that has one) the
+fp32 export ships as <name>-fp32.onnx, which `Recognizer()` runs without torch. A run that
+started from (`--init`) or distilled from (`--teacher`) other models records their cards'
+training too, read before anything is overwritten: the total training cost includes theirs.
 """
 
 import argparse
@@ -129,6 +130,10 @@ def main() -> None:
     print(f"wrote {WEIGHTS_DIR / a.name}.safetensors and .json")
     # the same calibration faces as onnx_accuracy's, so the card's int8 accuracy is this file's
     export_model(a.name, WEIGHTS_DIR / f"{a.name}-int8.onnx", quantize="int8", data=a.data)
+    # the fp32 twin that Recognizer() runs without torch (`pip install ferlab`): kept in step with the weights
+    twin = WEIGHTS_DIR / f"{a.name}-fp32.onnx"
+    if a.name == "default" or twin.is_file():
+        export_model(a.name, twin)
     print(json.dumps(metrics, indent=2))
 
 

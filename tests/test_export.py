@@ -158,7 +158,7 @@ def test_onnx_backend_on_a_photo(recognizer, fernet_weights, astronaut):
 
 
 def test_backend_choice(fernet_weights, monkeypatch):
-    monkeypatch.setattr("ferlab.recognizer.native_bf16", lambda device: True)   # bf16 as on an AMX CPU
+    monkeypatch.setattr("ferlab.torchbackend.native_bf16", lambda device: True)   # bf16 as on an AMX CPU
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "onnx"
     assert Recognizer(fernet_weights, detector="none", backend="auto", precision="bf16").backend == "torch"
     assert Recognizer(fernet_weights, detector="none").backend == "onnx"  # auto is the default
@@ -172,7 +172,7 @@ def test_backend_choice(fernet_weights, monkeypatch):
 def test_auto_falls_back_to_torch_when_export_fails(fernet_weights, monkeypatch):
     def broken(*args, **kwargs):
         raise FerlabError("ONNX export failed (opset 17): unsupported operator")
-    monkeypatch.setattr("ferlab.recognizer.to_onnx", broken)
+    monkeypatch.setattr("ferlab.torchbackend.to_onnx", broken)
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "torch"
     with pytest.raises(FerlabError, match="export failed"):
         Recognizer(fernet_weights, detector="none", backend="onnx")
@@ -204,7 +204,7 @@ def test_exported_file_is_a_model_with_its_card(exported, fernet_weights, tmp_pa
     bundled = tmp_path / "weights"  # a bundled .onnx answers to its name, as default-int8 does
     bundled.mkdir()
     (bundled / "mini-int8.onnx").write_bytes(exported[0].read_bytes())
-    monkeypatch.setattr("ferlab.checkpoint.WEIGHTS_DIR", bundled)
+    monkeypatch.setattr("ferlab.bundled.WEIGHTS_DIR", bundled)
     assert isinstance(load_model("mini-int8")[0], onnxrt.OnnxModel)
 
 

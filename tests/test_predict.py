@@ -192,11 +192,11 @@ def test_bf16_and_channels_last_options(fernet_weights, monkeypatch):
     cl = Recognizer(fernet_weights, detector="none", channels_last=True).probabilities(x)
     np.testing.assert_allclose(cl, ref, atol=1e-5)
     # bf16 where the CPU has it natively (forced here: on other CPUs torch emulates it, slowly but right)
-    monkeypatch.setattr("ferlab.recognizer.native_bf16", lambda device: True)
+    monkeypatch.setattr("ferlab.torchbackend.native_bf16", lambda device: True)
     bf16 = Recognizer(fernet_weights, detector="none", precision="bf16").probabilities(x)
     np.testing.assert_allclose(bf16, ref, atol=0.03)
     # and refused where it would be emulated, several times slower than fp32
-    monkeypatch.setattr("ferlab.recognizer.native_bf16", lambda device: False)
+    monkeypatch.setattr("ferlab.torchbackend.native_bf16", lambda device: False)
     with pytest.raises(FerlabError, match="native bf16"):
         Recognizer(fernet_weights, detector="none", precision="bf16")
 
@@ -371,7 +371,7 @@ def test_bundled_model_matches_its_card_and_reads_a_real_smile(astronaut, name, 
 
     card = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     with Recognizer(name, detector="blazeface") as rec:
-        assert rec.card["model"] == card["model"] and count_parameters(rec.model) == card["parameters"]
+        assert rec.card["model"] == card["model"] and count_parameters(load_model(name)[0]) == card["parameters"]
         assert list(rec.classes) == card["classes"] == list(classes)
         faces = rec.predict(astronaut)
     assert len(faces) == 1 and faces[0]["label"] == "happy" and faces[0]["confidence"] > 0.5

@@ -18,11 +18,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ferlab.atomic import atomic_write
+from ferlab.bundled import WEIGHTS_DIR, resolve_weights  # noqa: F401  (resolved without torch; re-exported)
 from ferlab.errors import FerlabError
+from ferlab.labels import check_same_classes  # noqa: F401  (re-exported)
 from ferlab.models import create_model
 from ferlab.onnxrt import load_onnx
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def save_weights(path, model: torch.nn.Module, meta: dict, float_dtype: torch.dtype | None = None) -> None:
@@ -51,24 +51,6 @@ def load_weights(path) -> tuple[dict, dict]:
     return state, meta
 
 
-def resolve_weights(spec: str) -> Path:
-    """A bundled model name ('default', 'default-int8', 'ferplus'), a run directory (its best weights), a
-    weights file or an exported .onnx file."""
-    path = Path(spec)
-    if path.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise FerlabError(f"{path}: no best.safetensors or last.safetensors in this run directory")
-    if path.suffix in (".safetensors", ".onnx") or path.exists():
-        return path
-    for bundled in (WEIGHTS_DIR / f"{spec}.safetensors", WEIGHTS_DIR / f"{spec}.onnx"):
-        if bundled.is_file():
-            return bundled
-    known = sorted(p.stem for p in [*WEIGHTS_DIR.glob("*.safetensors"), *WEIGHTS_DIR.glob("*.onnx")])
-    raise FerlabError(f"{spec}: not a weights file, run directory or bundled model (bundled: {', '.join(known) or 'none'})")
-
-
 def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild a model from its weights file; returns (model in eval mode, metadata/model card)."""
     path = resolve_weights(spec)
@@ -90,15 +72,6 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
         meta = {**json.loads(card_path.read_text()), **meta}
     meta["weights_path"] = str(path)
     return model.to(device).eval(), meta
-
-
-def check_same_classes(names: list[str], cards: list[dict]) -> None:
-    """An ensemble averages probabilities class by class: its members must name the same classes."""
-    named = [(name, list(card["classes"])) for name, card in zip(names, cards) if card.get("classes")]
-    for name, classes in named[1:]:
-        if classes != named[0][1]:
-            raise FerlabError(f"{name}: an ensemble needs the same classes, but its classes {classes} "
-                              f"differ from {named[0][0]}'s {named[0][1]}")
 
 
 def save_state(path, state: dict) -> None:

@@ -2,6 +2,10 @@
 
 A subcommand module exposes `add_arguments(parser)` and `run(args) -> int`. User errors raise
 FerlabError and are printed here on one line, with exit status 2 and no traceback.
+
+`pip install ferlab` has no PyTorch: predict, video, webcam, serve and demo run the bundled ONNX
+models without it, and the commands that need it (train, evaluate, export, tune, reproduce,
+models) fail on one line naming `pip install "ferlab[train]"`.
 """
 
 import argparse
@@ -9,6 +13,9 @@ import importlib
 import sys
 
 from ferlab.errors import FerlabError
+
+TRAIN_HINT = 'pip install "ferlab[train]"'
+TRAIN_ONLY = ("torch", "safetensors", "onnx", "matplotlib", "optuna")  # what the train extra adds
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -45,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
-    args = build_parser(command).parse_args(argv)
+    try:
+        args = build_parser(command).parse_args(argv)
+    except ImportError as e:  # the command's module needs what only the train extra installs
+        missing = (e.name or "").split(".")[0]
+        if missing not in TRAIN_ONLY:
+            raise
+        print(f"ferlab {command}: error: this command needs {missing}, which is not installed: {TRAIN_HINT}", file=sys.stderr)
+        return 2
     if args.command is None:
         build_parser().print_help()
         return 2

@@ -12,7 +12,7 @@ import json
 
 import cv2
 
-from ferlab.checkpoint import WEIGHTS_DIR
+from ferlab.bundled import WEIGHTS_DIR
 from ferlab.errors import FerlabError
 from ferlab.images import check_writable_dir, draw_faces, rounded, write_image
 from ferlab.recognizer import Recognizer

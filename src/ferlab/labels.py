@@ -73,3 +73,12 @@ def class_index(name: str, classes: tuple) -> int | None:
         if canonical_name(c) == canonical:
             return i
     return None
+
+
+def check_same_classes(names: list[str], cards: list[dict]) -> None:
+    """An ensemble averages probabilities class by class: its members must name the same classes."""
+    named = [(name, list(card["classes"])) for name, card in zip(names, cards) if card.get("classes")]
+    for name, classes in named[1:]:
+        if classes != named[0][1]:
+            raise FerlabError(f"{name}: an ensemble needs the same classes, but its classes {classes} "
+                              f"differ from {named[0][0]}'s {named[0][1]}")

@@ -1,29 +1,59 @@
 """Running the ONNX files `ferlab export` writes: onnxruntime sessions, `OnnxModel`, and the model
 card stored in a file's metadata.
 
-This is the runtime half of ONNX support; `ferlab.export` is the writer. It imports neither torch
-nor onnx at module level: onnx and onnxruntime are optional dependencies, loaded when a model is,
-and running a model should not need the training framework.
+This is the runtime half of ONNX support; `ferlab.export` is the writer. It needs onnxruntime
+(a base dependency, imported when a model is loaded) and neither torch nor the onnx package:
+`pip install ferlab` runs the bundled ONNX models without the training framework.
 """
 
 import json
+import os
+import sys
 
 import numpy as np
 
 from ferlab.errors import FerlabError
 
 INPUT_NAME, OUTPUT_NAME = "faces", "logits"
+_threads = 0  # set_threads(); 0: default_threads()
+
+
+def set_threads(n: int) -> None:
+    """The intra-op threads of sessions created from now on (--threads); 0 restores the default."""
+    global _threads
+    _threads = max(0, int(n))
+
+
+def configured_threads() -> int:
+    """The value of set_threads (0: none)."""
+    return _threads
+
+
+def default_threads() -> int:
+    """set_threads' value, else torch's thread count when torch is already loaded (so --threads and
+    torch.set_num_threads govern both backends alike), else the CPUs this process may use. Never
+    imports torch: the onnxruntime path must not pay for it."""
+    if _threads:
+        return _threads
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return torch.get_num_threads()
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def create_session(model, threads: int | None = None):
     """An onnxruntime CPU session for ONNX bytes or a file. threads: intra-op threads (default:
-    torch's thread count, so --threads governs both backends). Idle worker threads do not spin:
-    on a machine busy with other work spinning threads slow everyone down."""
-    import onnxruntime as ort
+    default_threads()). Idle worker threads do not spin: on a machine busy with other work
+    spinning threads slow everyone down."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise FerlabError("running ONNX models needs onnxruntime (pip install onnxruntime)") from None
 
-    if not threads:
-        import torch   # only for its thread setting, which --threads sets
-        threads = torch.get_num_threads()
+    threads = threads or default_threads()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
@@ -68,33 +98,36 @@ class OnnxModel:
         return iter(())
 
 
-def read_metadata(path_or_bytes) -> dict:
-    """The ferlab.* metadata of an ONNX file, JSON values decoded."""
-    import onnx
-
-    proto = onnx.load_from_string(path_or_bytes) if isinstance(path_or_bytes, bytes) else onnx.load(str(path_or_bytes))
+def _decoded(props) -> dict:
     out = {}
-    for p in proto.metadata_props:
+    for key, value in props:
         try:
-            out[p.key] = json.loads(p.value)
+            out[key] = json.loads(value)
         except ValueError:
-            out[p.key] = p.value
+            out[key] = value
     return out
 
 
+def read_metadata(path_or_bytes) -> dict:
+    """The ferlab.* metadata of an ONNX file, JSON values decoded (reads the file with the onnx package)."""
+    import onnx
+
+    proto = onnx.load_from_string(path_or_bytes) if isinstance(path_or_bytes, bytes) else onnx.load(str(path_or_bytes))
+    return _decoded((p.key, p.value) for p in proto.metadata_props)
+
+
 def load_onnx(path) -> tuple[OnnxModel, dict]:
-    """An exported ONNX file -> (OnnxModel, model card); the card is the one export embedded."""
+    """An exported ONNX file -> (OnnxModel, model card); the card is the one export embedded, read
+    from the onnxruntime session (no onnx package needed)."""
     try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise FerlabError(f"{path}: running ONNX models needs onnx and onnxruntime (pip install 'ferlab[onnx]')") from None
-    try:
-        meta = read_metadata(path)
-    except Exception as e:  # onnx raises DecodeError and others for files that are not ONNX
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise FerlabError(f"{path}: not a readable ONNX file ({reason})") from None
+        model = OnnxModel(path)
+    except FerlabError as e:
+        if "cannot load the model" not in str(e):
+            raise
+        raise FerlabError(f"{path}: not a readable ONNX file ({str(e).split(': ', 1)[1][:200]})") from None
+    meta = _decoded(model.session.get_modelmeta().custom_metadata_map.items())
     if "ferlab.model" not in meta:
         raise FerlabError(f"{path}: an ONNX file without ferlab's metadata (export it with `ferlab export`)")
     card = {**meta.get("ferlab.card", {}), "model": meta["ferlab.model"], "classes": meta["ferlab.classes"],
             "quantization": meta.get("ferlab.quantization", "none"), "onnx_opset": meta.get("ferlab.opset")}
-    return OnnxModel(path), card
+    return model, card

@@ -10,9 +10,15 @@
     for path, faces in rec.predict_many(["folder/"]): ...   # faces is a list or a FerlabError
 
 Probabilities come from `ferlab.inference.batched_probs`, the loop `ferlab evaluate` runs, with the
-same test-time augmentation (tta="flip" or "tencrop", ferlab.tta), and an ensemble averages its
-members' probabilities as `ferlab evaluate MODEL MODEL...` does: the same faces get the same fp32
-probabilities here as in the accuracy that evaluate reports.
+same test-time augmentation (tta="flip" or "tencrop", ferlab.tta), or, for models run by
+onnxruntime, from its NumPy twin `ferlab.npinference` (same views, same probabilities to ~1e-6),
+and an ensemble averages its members' probabilities as `ferlab evaluate MODEL MODEL...` does.
+
+No torch: `pip install ferlab` runs the bundled default (its fp32 ONNX export, default-fp32.onnx,
+same probabilities as the PyTorch weights to ~1e-7), the int8 exports and any .onnx file without
+PyTorch; this module imports torch only through ferlab.torchbackend, when a member needs it
+(PyTorch weights, an nn.Module, backend "torch", CUDA, bf16). Without torch installed those fail
+with one FerlabError naming `pip install "ferlab[train]"`.
 
 Images: a path, a PIL image or a NumPy array (RGB HxWx3, or BGR with color="bgr", gray HxW,
 RGBA HxWx4), any size, decoded and converted by ferlab.images; boxes are in the pixels of the
@@ -26,24 +32,24 @@ recognises (predict, video, webcam, serve).
 from __future__ import annotations
 
 import argparse
-from functools import partial
+import importlib.util
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
-from ferlab.checkpoint import check_same_classes, load_model
-from ferlab.device import native_bf16, resolve_device
+from ferlab import npinference, onnxrt
+from ferlab.bundled import WEIGHTS_DIR, onnx_twin, resolve_weights
 from ferlab.errors import FerlabError
-from ferlab.export import to_onnx
 from ferlab.faces import create_detector, crop_faces_for, to_float
 from ferlab.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
-from ferlab.inference import batched_probs
-from ferlab.onnxrt import OnnxModel
+from ferlab.labels import check_same_classes
+from ferlab.npinference import TTA_MODES, check_tta
+from ferlab.onnxrt import OnnxModel, load_onnx
 from ferlab.spec import CLASSES
-from ferlab.tta import TTA_MODES, check_tta
 
+TORCH_HINT = 'pip install "ferlab[train]"'
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnx", "auto")
 
@@ -73,9 +79,10 @@ class Recognizer:
     model exports, else torch). Why: onnxruntime ran fernet_s ~3x faster than PyTorch fp32 eager
     at one face per call (a photo, a webcam frame: 364 vs 115 faces/s on one thread) and ~2.5x at
     batch 256 (425 vs 172), with the same probabilities to ~1e-6 (benchmarks/backends.py). The
-    export happens once per Recognizer, in memory: no cache file to invalidate or race on; sessions
-    use torch's thread count and are safe to call from several threads. Members loaded from .onnx
-    files run in onnxruntime whatever the backend.
+    export happens once per Recognizer, in memory: no cache file to invalidate or race on; bundled
+    weights with an fp32 ONNX twin (default -> default-fp32.onnx) load the twin instead, without
+    torch. Sessions use --threads (ferlab.onnxrt.default_threads) and are safe to call from several
+    threads. Members loaded from .onnx files run in onnxruntime whatever the backend.
     """
 
     def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "none",
@@ -88,17 +95,22 @@ class Recognizer:
             raise FerlabError(f"batch_size must be at least 1, got {batch_size}")
         if backend not in BACKENDS:
             raise FerlabError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        self.device = resolve_device(device)
         specs = list(model) if isinstance(model, (list, tuple)) else [model]
         if not specs:
             raise FerlabError("model: an empty list names no model")
+        self._torch_backend = None
+        # "cpu" (and "auto" where torch is not installed) needs no torch; otherwise ask torch.
+        self.device = "cpu" if device == "cpu" or (device == "auto" and importlib.util.find_spec("torch") is None) else \
+            self._torch(f"device {device!r}").resolve_device(device)
+        device_type = getattr(self.device, "type", self.device)
+        if precision == "bf16" and not self._torch("precision 'bf16'").native_bf16(self.device):
+            raise FerlabError(f"precision 'bf16' needs native bf16 (AVX-512 BF16 or AMX CPUs, recent GPUs); this {device_type} "
+                              "would emulate it, several times slower than fp32: use precision 'fp32'")
+        self.backend = _pick_backend(backend, device_type, precision)
         self.names = [_model_name(spec, i) for i, spec in enumerate(specs)]
         self.models, self.cards = [], []
         for spec in specs:
-            if isinstance(spec, torch.nn.Module):
-                m, card = spec.to(self.device).eval(), {}
-            else:
-                m, card = load_model(str(spec), self.device)
+            m, card = self._load(spec)
             self.models.append(m)
             self.cards.append(card)
         check_same_classes(self.names, self.cards)
@@ -106,23 +118,60 @@ class Recognizer:
         self.classes = tuple(classes or card_classes or CLASSES)
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size, self.tta, self.precision, self.align = batch_size, tta, precision, align
-        self.backend = _pick_backend(backend, self.device, precision)
-        if precision == "bf16" and not native_bf16(self.device):
-            raise FerlabError(f"precision 'bf16' needs native bf16 (AVX-512 BF16 or AMX CPUs, recent GPUs); this {self.device.type} "
-                              "would emulate it, several times slower than fp32: use precision 'fp32'")
         self.runners = list(self.models)  # what computes each member's logits: the model, or its ONNX export
-        if self.backend == "onnx":
+        if self.backend == "onnx" and not all(isinstance(m, OnnxModel) for m in self.models):
             try:
-                self.runners = [m if isinstance(m, OnnxModel) else OnnxModel(to_onnx(m.cpu().eval())) for m in self.models]
-            except FerlabError:  # a model the exporter cannot handle: "auto" falls back to torch
+                self.runners = [m if isinstance(m, OnnxModel) else self._torch("exporting to ONNX").exported(m)
+                                for m in self.models]
+            except (FerlabError, ImportError) as e:  # a model the exporter cannot handle: "auto" falls back to torch
                 if backend == "onnx":
-                    raise
+                    raise e if isinstance(e, FerlabError) else FerlabError(
+                        f"the onnx backend exports PyTorch models with the onnx package ({TORCH_HINT})") from None
                 self.backend = "torch"
         self.channels_last = channels_last and self.backend == "torch"
-        if self.channels_last:  # in place: the runners are these same modules
-            for m in self.models:
-                m.to(memory_format=torch.channels_last)
+        if self.backend == "torch":
+            tb = self._torch("the torch backend")
+            if self.channels_last:  # in place: the runners are these same modules
+                for m in self.models:
+                    if tb.is_module(m):
+                        tb.channels_last(m)
         self.model, self.card = self.models[0], self.cards[0]
+
+    def _torch(self, why: str, alternative: str = ""):
+        """ferlab.torchbackend (imported here, on first need, so that ONNX models never load torch), or
+        one FerlabError naming the extra to install when PyTorch is missing."""
+        if self._torch_backend is None:
+            try:
+                from ferlab import torchbackend
+            except ImportError as e:
+                if (e.name or "").split(".")[0] not in ("torch", "safetensors", "onnx"):
+                    raise
+                raise FerlabError(f"{why} needs PyTorch, which is not installed: {TORCH_HINT}{alternative}") from None
+            if onnxrt.configured_threads():
+                torchbackend.set_threads(onnxrt.configured_threads())
+            if isinstance(getattr(self, "device", None), str):
+                self.device = torchbackend.resolve_device(self.device)
+            self._torch_backend = torchbackend
+        return self._torch_backend
+
+    def _load(self, spec) -> tuple[object, dict]:
+        """One member: (model, card). ONNX files, and bundled weights that have an fp32 ONNX twin when
+        the backend is onnx, load without torch; PyTorch weights and modules need it."""
+        if _is_module(spec):
+            return self._torch("an nn.Module").prepare(spec, self.device), {}
+        path = resolve_weights(str(spec))
+        twin = onnx_twin(path) if self.backend == "onnx" else None
+        if path.suffix == ".onnx" or twin is not None:
+            path = twin or path
+            if not path.is_file():
+                raise FerlabError(f"{path}: no such ONNX file")
+            model, card = load_onnx(path)
+            return model, {**card, "weights_path": str(path)}
+        why = f"{spec}: PyTorch weights" if self.backend == "onnx" else f"{spec} on the torch backend"
+        int8 = path.with_name(f"{path.stem}-int8.onnx")
+        alternative = f" (or model {int8.stem}, its int8 export, which runs without it)" \
+            if self.backend == "onnx" and int8.is_file() and int8.parent == WEIGHTS_DIR else ""
+        return self._torch(why, alternative).load_model(str(spec), self.device)
 
     # ---- classification -------------------------------------------------------------------
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -130,20 +179,30 @@ class Recognizer:
         if len(x) == 0:
             return np.empty((0, len(self.classes)), np.float32)
         x = np.asarray(x, np.float32)
-        members = (batched_probs(partial(self._logits, i), x, self.tta, self.batch_size, device=self.device)
-                   for i in range(len(self.models)))
-        return (sum(torch.from_numpy(p) for p in members) / len(self.models)).numpy()
+        if self.backend == "onnx":  # every runner is an OnnxModel: NumPy in, NumPy out, no torch
+            members = (npinference.batched_probs(self._forward(i), x, self.tta, self.batch_size)
+                       for i in range(len(self.runners)))
+        else:
+            tb = self._torch("the torch backend")
+            members = (tb.probs(runner, x, tta=self.tta, batch_size=self.batch_size, device=self.device,
+                                precision=self.precision, channels_last=self.channels_last,
+                                check=lambda n, i=i: self._check_scores(i, n))
+                       for i, runner in enumerate(self.runners))
+        return (sum(members) / len(self.models)).astype(np.float32, copy=False)
 
-    def _logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Member i's logits for a float batch (N, 1, 48, 48) on the device."""
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits = self.runners[i](x)
-        if logits.shape[1] != len(self.classes):
-            raise FerlabError(f"{self.names[i]}: the model gives {logits.shape[1]} scores but {len(self.classes)} "
+    def _forward(self, i: int):
+        runner = self.runners[i]
+
+        def forward(batch: np.ndarray) -> np.ndarray:
+            logits = runner(batch)
+            self._check_scores(i, logits.shape[1])
+            return logits
+        return forward
+
+    def _check_scores(self, i: int, n: int) -> None:
+        if n != len(self.classes):
+            raise FerlabError(f"{self.names[i]}: the model gives {n} scores but {len(self.classes)} "
                               f"classes are named ({', '.join(self.classes)})")
-        return logits
 
     def predict_faces(self, crops) -> list[dict]:
         """Already-cropped faces -> [{"label", "confidence", "probs"}], one per face.
@@ -201,22 +260,27 @@ class Recognizer:
         self.close()
 
 
+def _is_module(obj) -> bool:
+    """A torch nn.Module, recognised without importing torch (none exists unless torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
 def _model_name(spec, i: int) -> str:
     """How errors name an ensemble member: its path or bundled name, or its position and class."""
-    return f"model #{i + 1} ({type(spec).__name__})" if isinstance(spec, torch.nn.Module) else str(spec)
+    return f"model #{i + 1} ({type(spec).__name__})" if _is_module(spec) else str(spec)
 
 
-def _pick_backend(backend: str, device: torch.device, precision: str) -> str:
+def _pick_backend(backend: str, device_type: str, precision: str) -> str:
     if backend == "torch":
         return "torch"
-    problem = ("the onnx backend runs on the CPU only" if device.type != "cpu" else
+    problem = ("the onnx backend runs on the CPU only" if device_type != "cpu" else
                "the onnx backend runs fp32 only (bf16 is a torch autocast)" if precision != "fp32" else None)
     if problem is None:
         try:
-            import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError:
-            problem = "the onnx backend needs onnx and onnxruntime (pip install 'ferlab[onnx]')"
+            problem = "the onnx backend needs onnxruntime (pip install onnxruntime)"
     if problem is None:
         return "onnx"
     if backend == "onnx":
@@ -245,7 +309,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="classifier runtime: torch, onnx (onnxruntime, faster on CPU) or auto (onnx when usable)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default: torch's choice; use 1 on a machine busy with other work)")
+                        help="CPU threads of the classifier, onnxruntime or torch (default: the CPUs available; use 1 on a machine busy with other work)")
 
 
 def model_specs(args) -> list[str]:
@@ -255,7 +319,7 @@ def model_specs(args) -> list[str]:
 
 def recognizer_from_args(args) -> Recognizer:
     if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
+        onnxrt.set_threads(args.threads)  # and torch's, if the Recognizer loads it
     return Recognizer(model=model_specs(args), detector=args.detector, device=args.device, batch_size=args.batch_size,
                       tta=args.tta, precision=args.precision, channels_last=args.channels_last,
                       backend=getattr(args, "backend", "torch"))

@@ -7,7 +7,8 @@
 
 Why one module: `ferlab evaluate` (accuracy of a run) and `Recognizer` (photos, video, the HTTP
 service) must compute the same probabilities for the same faces, or a model's measured accuracy
-with TTA would not be the accuracy users get. Both call `tta_probs`.
+with TTA would not be the accuracy users get. Both call `tta_probs`; models run by onnxruntime in
+the Recognizer use its NumPy twin, ferlab.npinference (same views, checked against these).
 """
 
 from __future__ import annotations
@@ -17,15 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ferlab.errors import FerlabError
-
-TTA_MODES = ("none", "flip", "tencrop")
-
-
-def check_tta(tta: str) -> str:
-    if tta not in TTA_MODES:
-        raise FerlabError(f"unknown tta {tta!r} (known: {', '.join(TTA_MODES)})")
-    return tta
+from ferlab.npinference import TTA_MODES, check_tta  # noqa: F401  (the modes, defined where torch is not needed)
 
 
 def tencrop(images: torch.Tensor, crop: int = 44) -> list[torch.Tensor]:
