@@ -31,9 +31,10 @@ browser:
 		|| echo "could not install chromium: the browser test will be skipped"; \
 	fi
 
+# The lean install first, so the full suite's summary is the run's last line.
 test: venv browser
-	$(PY) -m pytest -q --durations=15
 	$(MAKE) test-lean
+	$(PY) -m pytest -q --durations=15
 
 # A second venv, without --system-site-packages, so it cannot see torch: its dependencies come
 # from the index (pip's cache makes reruns cheap) and are installed again when pyproject changes;
