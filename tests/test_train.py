@@ -511,3 +511,17 @@ def test_data_parallel_matches_single_process(ferlab, toy_csv, tmp_path):
         # BatchNorm statistics are per process (16 vs 32 faces), so equal only within tolerance.
         assert float(d["train_loss"]) == pytest.approx(float(s["train_loss"]), rel=0.1)
         assert float(d["val_acc"]) == pytest.approx(float(s["val_acc"]), abs=0.1)
+
+
+def test_run_killed_before_its_first_checkpoint_resumes_afresh(cli, toy_csv, tmp_path):
+    """(issue 29, defect 1) config.json is written before the first last.pt: a run killed in its
+    first epoch holds only config.json, and --resume starts it afresh, saying so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = asdict(tiny_config(toy_csv, epochs=1))
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 0, err
+    assert "no epoch finished" in out and "starting afresh" in out
+    assert (run / "last.pt").is_file() and len(read_metrics(run)) == 1
+    assert json.loads((run / "config.json").read_text()) == config

@@ -690,8 +690,8 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
         if out is None:
             raise FerlabError("--resume needs --out RUNDIR")
         saved_path = out / "config.json"
-        if not saved_path.is_file() or not (out / "last.pt").is_file():
-            raise FerlabError(f"{out}: nothing to resume (no config.json and last.pt)")
+        if not saved_path.is_file():
+            raise FerlabError(f"{out}: nothing to resume (no config.json)")
         saved = json.loads(saved_path.read_text())
         if args.recipe and args.recipe != saved.get("recipe"):
             explicit["recipe"] = args.recipe
@@ -741,7 +741,11 @@ def train_command(config: dict) -> str:
 
 def run(args) -> int:
     cfg, out = config_from_args(args)
-    resume = open_run(out, cfg, args.resume)
+    resume = args.resume
+    if resume and not (out / "last.pt").is_file():   # killed in its first epoch: nothing is lost by starting over
+        print(f"{out}: no epoch finished before the run stopped (no last.pt); starting afresh")
+        resume = False
+    resume = open_run(out, cfg, resume)
     result = fit(cfg, out, resume=resume, device=args.device)
     if result.best is not None:
         print(f"done: best.safetensors holds {result.best} (val_acc {result.best.val_acc:.4f}, --select {cfg.select}); "
