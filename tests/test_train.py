@@ -25,7 +25,7 @@ from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
 from ferlab.data import load_run_data, load_with_splits
 from ferlab.device import describe_machine
-from ferlab.train import BestWeights, TrainConfig, balanced_class_weights, config_from_args, fit, train_command
+from ferlab.train import BestWeights, TrainConfig, balanced_class_weights, config_from_args, fit, open_run, train_command
 from synthetic import synthetic_faces, wait_until
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
@@ -525,3 +525,51 @@ def test_run_killed_before_its_first_checkpoint_resumes_afresh(cli, toy_csv, tmp
     assert "no epoch finished" in out and "starting afresh" in out
     assert (run / "last.pt").is_file() and len(read_metrics(run)) == 1
     assert json.loads((run / "config.json").read_text()) == config
+
+
+@pytest.fixture(scope="module")
+def finished_run(toy_csv, tmp_path_factory):
+    """A 1-epoch tiny run, trained once per module; tests copy it before damaging it."""
+    run, cfg = tmp_path_factory.mktemp("finished") / "run", tiny_config(toy_csv, epochs=1)
+    fit(cfg, run, resume=open_run(run, cfg, False), log=lambda *a: None)
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+    shutil.copytree(run, to)
+    return to
+
+
+@pytest.mark.parametrize("damage", ["empty", "tensor", "no_history", "string_epoch", "truncated"])
+def test_damaged_last_pt_fails_in_one_line(cli, finished_run, tmp_path, damage):
+    """(issue 29, defect 4) a damaged last.pt: one line naming the file, no torch hint, no traceback."""
+    run = copy_run(finished_run, tmp_path / "run")
+    state = load_state(run / "last.pt")
+    if damage == "empty":
+        (run / "last.pt").write_bytes(b"")
+    elif damage == "tensor":
+        torch.save(torch.zeros(3), run / "last.pt")
+    elif damage == "no_history":
+        torch.save({k: v for k, v in state.items() if k != "history"}, run / "last.pt")
+    elif damage == "string_epoch":
+        torch.save({**state, "epoch": "one"}, run / "last.pt")
+    else:
+        data = (run / "last.pt").read_bytes()
+        (run / "last.pt").write_bytes(data[:len(data) // 2])
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 2 and "last.pt" in err, err
+    assert len(err.strip().splitlines()) == 1 and "weights_only" not in err
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"model": "fernet_s", "model_kwargs": {"num_classes": -1}}',
+                                  '{"model": "fernet_s", "model_kwargs": [1]}', '"text"'])
+def test_damaged_weights_metadata_fails_in_one_line(cli, finished_run, tmp_path, meta):
+    """(issue 29, defect 4) a .safetensors whose ferlab metadata is not a usable dict."""
+    from safetensors.torch import load_file, save_file
+    path = tmp_path / "bad.safetensors"
+    save_file(load_file(str(finished_run / "best.safetensors")), str(path), metadata={"ferlab": meta})
+    with pytest.raises(FerlabError, match="bad.safetensors"):
+        load_model(str(path))
+    code, out, err = cli("evaluate", path, "--data", finished_run.parent / "nothing.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -480,6 +480,22 @@ def write_metrics(out: Path, history: list[dict], cfg: TrainConfig) -> None:
     plot_curves(history, out / "curves.png", title=f"{cfg.recipe or cfg.model} on {data_names(cfg.data)}")
 
 
+# What fit reads from last.pt besides the parts' state dicts, and the types it needs them in.
+STATE_KEYS = {"model": dict, "epoch": int, "best_acc": (int, float), "history": list, "rng": dict}
+
+
+def check_state(state, path: Path) -> None:
+    """A last.pt fit can resume from, or FerlabError naming the file and what is wrong."""
+    if not isinstance(state, dict):
+        raise FerlabError(f"{path}: not a ferlab training checkpoint (it holds a {type(state).__name__}, not a dict)")
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            found = "no" if key not in state else f"a {type(state[key]).__name__} as its"
+            raise FerlabError(f"{path}: damaged training checkpoint ({found} {key!r})")
+    if not all(isinstance(state["rng"].get(k), torch.Tensor) for k in ("generator", "torch")):
+        raise FerlabError(f"{path}: damaged training checkpoint (its 'rng' lacks the generator states)")
+
+
 def normalized_config(saved: dict) -> dict:
     """A saved config.json as TrainConfig would write it today (fields added since take their defaults)."""
     try:
@@ -574,6 +590,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
 
     if resume:
         state = load_state(out / "last.pt")
+        check_state(state, out / "last.pt")
         try:
             for key, part in stateful.items():
                 if part is not None:
