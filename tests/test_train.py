@@ -573,3 +573,21 @@ def test_damaged_weights_metadata_fails_in_one_line(cli, finished_run, tmp_path,
         load_model(str(path))
     code, out, err = cli("evaluate", path, "--data", finished_run.parent / "nothing.csv")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_unwritable_out_fails_before_any_work(cli, finished_run, toy_csv, tmp_path, monkeypatch):
+    """(issue 29, defect 5) train and evaluate check --out first: one line, before training/evaluating.
+    (The tests run as root, whom permissions do not stop: a path under a regular file stands in.)"""
+    import ferlab.evaluate
+    import ferlab.train
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+
+    def never(*args, **kwargs):
+        raise AssertionError("ran before checking --out")
+    monkeypatch.setattr(ferlab.train, "fit", never)
+    monkeypatch.setattr(ferlab.evaluate, "evaluate_models", never)
+    code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", blocker / "run")
+    assert code == 2 and "a-file/run" in err and "cannot write" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = cli("evaluate", finished_run, "--data", toy_csv, "--out", blocker / "eval")
+    assert code == 2 and "a-file/eval" in err and "cannot write" in err and len(err.strip().splitlines()) == 1, err

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ferlab.augment import AUGMENT_PRESETS, apply_augment, get_augment, mix_batch, sample_params
-from ferlab.atomic import atomic_write_text
+from ferlab.atomic import atomic_write_text, check_writable
 from ferlab.batchnorm import recalibrate_batchnorm
 from ferlab.checkpoint import load_model, load_state, load_weights, save_state, save_weights
 from ferlab.data import load_run_data
@@ -758,6 +758,8 @@ def train_command(config: dict) -> str:
 
 def run(args) -> int:
     cfg, out = config_from_args(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_writable(out)
     resume = args.resume
     if resume and not (out / "last.pt").is_file():   # killed in its first epoch: nothing is lost by starting over
         print(f"{out}: no epoch finished before the run stopped (no last.pt); starting afresh")
