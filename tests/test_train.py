@@ -591,3 +591,19 @@ def test_unwritable_out_fails_before_any_work(cli, finished_run, toy_csv, tmp_pa
     assert code == 2 and "a-file/run" in err and "cannot write" in err and len(err.strip().splitlines()) == 1, err
     code, out, err = cli("evaluate", finished_run, "--data", toy_csv, "--out", blocker / "eval")
     assert code == 2 and "a-file/eval" in err and "cannot write" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("damage", ["missing", "stale"])
+def test_resume_of_a_finished_run_redraws_its_curves(cli, finished_run, tmp_path, damage):
+    """(issue 29, defect 6) a kill between metrics.csv and curves.png: resume redraws the plot."""
+    run = copy_run(finished_run, tmp_path / "run")
+    curves, metrics = run / "curves.png", run / "metrics.csv"
+    if damage == "missing":
+        curves.unlink()
+    else:
+        curves.write_bytes(b"stale")
+        os.utime(curves, (metrics.stat().st_mtime - 60,) * 2)
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 0, err
+    assert curves.is_file() and curves.read_bytes()[:4] == b"\x89PNG"
+    assert curves.stat().st_mtime >= metrics.stat().st_mtime

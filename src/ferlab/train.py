@@ -496,6 +496,14 @@ def check_state(state, path: Path) -> None:
         raise FerlabError(f"{path}: damaged training checkpoint (its 'rng' lacks the generator states)")
 
 
+def files_outdated(out: Path) -> bool:
+    """True when metrics.csv or curves.png is missing or older than what it is drawn from (last.pt, metrics.csv)."""
+    state, metrics, curves = out / "last.pt", out / "metrics.csv", out / "curves.png"
+    if not (metrics.is_file() and curves.is_file()):
+        return True
+    return metrics.stat().st_mtime < state.stat().st_mtime or curves.stat().st_mtime < metrics.stat().st_mtime
+
+
 def normalized_config(saved: dict) -> dict:
     """A saved config.json as TrainConfig would write it today (fields added since take their defaults)."""
     try:
@@ -604,6 +612,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
             best = BestWeights(**state["best"]) if state.get("best") else BestWeights.of_run(out)
         if d.main:
             log(f"resumed {out} after epoch {start_epoch}")
+        if d.main and history and files_outdated(out):   # killed between last.pt and metrics.csv / curves.png
+            write_metrics(out, history, cfg)
 
     machine = describe_machine(device)
     if d.main:
