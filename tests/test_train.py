@@ -607,3 +607,16 @@ def test_resume_of_a_finished_run_redraws_its_curves(cli, finished_run, tmp_path
     assert code == 0, err
     assert curves.is_file() and curves.read_bytes()[:4] == b"\x89PNG"
     assert curves.stat().st_mtime >= metrics.stat().st_mtime
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_on_resume(cli, finished_run, tmp_path):
+    """(issue 29, defect 8, run half) a kill mid-write leaves atomic_write's temporary files: the next
+    start or resume removes them, and only them."""
+    run = copy_run(finished_run, tmp_path / "run")
+    leftovers = [run / ".last.pt.k2j4x9.tmp", run / ".best.safetensors.a1b2c3.tmp", run / ".curves.png.zz9.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    (run / "notes.txt").write_text("mine")
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 0, err
+    assert not any(p.exists() for p in leftovers) and (run / "notes.txt").read_text() == "mine"

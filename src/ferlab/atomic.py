@@ -42,3 +42,14 @@ def check_writable(folder) -> None:
             pass
     except OSError as e:
         raise FerlabError(f"{folder}: cannot write there ({e.strerror or e})") from None
+
+
+def remove_leftovers(folder) -> list[Path]:
+    """Delete the temporary files (.NAME.XXXX.tmp) that atomic_write leaves when its process is
+    killed mid-write; call it before a process starts writing into `folder`. Returns them."""
+    removed = []
+    for path in Path(folder).glob(".*.*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

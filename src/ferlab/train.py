@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ferlab.augment import AUGMENT_PRESETS, apply_augment, get_augment, mix_batch, sample_params
-from ferlab.atomic import atomic_write_text, check_writable
+from ferlab.atomic import atomic_write_text, check_writable, remove_leftovers
 from ferlab.batchnorm import recalibrate_batchnorm
 from ferlab.checkpoint import load_model, load_state, load_weights, save_state, save_weights
 from ferlab.data import load_run_data
@@ -530,6 +530,7 @@ def open_run(out: Path, cfg: TrainConfig, resume: bool | None = None) -> bool:
         resume = (out / "config.json").is_file() and (out / "last.pt").is_file()
     if int(os.environ.get("RANK", "0")) == 0:
         out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out)   # of a process killed mid-write
         if not resume:
             atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     return resume
