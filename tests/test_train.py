@@ -409,7 +409,8 @@ def test_train_command_recreates_the_config(tmp_path, recipe):
     assert command.startswith("ferlab train") and ("--recipe fernet_m" in command) == bool(recipe)
     args = build_parser("train").parse_args(shlex.split(command)[1:] + ["--out", str(tmp_path / "run")])
     parsed, _ = config_from_args(args)
-    assert asdict(parsed) == {**config, "data": "fer2013.csv.gz", "ferplus": "fer2013new.csv"}
+    # data files by name, found in the working folder (and stored by absolute path)
+    assert asdict(parsed) == {**config, "data": os.path.abspath("fer2013.csv.gz"), "ferplus": os.path.abspath("fer2013new.csv")}
 
 
 def test_ferplus_soft_targets_train_an_8_class_model(ferlab, toy_csv, tmp_path):
@@ -620,3 +621,35 @@ def test_leftovers_of_a_killed_run_are_cleaned_on_resume(cli, finished_run, tmp_
     code, out, err = cli("train", "--resume", "--out", run)
     assert code == 0, err
     assert not any(p.exists() for p in leftovers) and (run / "notes.txt").read_text() == "mine"
+
+
+def test_data_paths_are_stored_absolute(cli, toy_csv, tmp_path, monkeypatch):
+    """(issue 29, defect 10) config.json holds absolute data paths (the path part of ckplus:/fergit:
+    specs, each of a mix), so `ferlab evaluate RUN` works from another folder; an old config.json
+    with relative paths still resumes from where it was made."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "toy.csv").write_bytes(Path(toy_csv).read_bytes())
+    monkeypatch.chdir(work)
+    code, out, err = cli("train", *TINY, "--data", "toy.csv", "--epochs", 1, "--out", "run")
+    assert code == 0, err
+    assert json.loads((work / "run" / "config.json").read_text())["data"] == str(work / "toy.csv")
+    code, out, err = cli("train", "--resume", "--out", "run", "--data", "toy.csv")   # the same data, as given before
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = cli("evaluate", work / "run")
+    assert code == 0, err
+
+    cfg = tiny_config("x", ferplus="votes.csv")
+    cfg = TrainConfig(**{**asdict(cfg), "data": ["ckplus:faces/CK+48", "fergit:a.csv,b", "c.csv"]})
+    assert cfg.data == [f"ckplus:{elsewhere}/faces/CK+48", f"fergit:{elsewhere}/a.csv,{elsewhere}/b", f"{elsewhere}/c.csv"]
+    assert cfg.ferplus == f"{elsewhere}/votes.csv"
+
+    monkeypatch.chdir(work)   # a run made before: relative paths in config.json
+    config = json.loads((work / "run" / "config.json").read_text())
+    (work / "run" / "config.json").write_text(json.dumps({**config, "data": "toy.csv", "epochs": 2}))
+    code, out, err = cli("train", "--resume", "--out", "run")
+    assert code == 0, err
+    assert len(read_metrics(work / "run")) == 2

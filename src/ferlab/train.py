@@ -122,6 +122,9 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.data, (list, tuple)):
             self.data = list(self.data) if len(self.data) > 1 else (self.data[0] if self.data else "")
+        # Data files by absolute path, so the run's config.json works from any folder (ferlab evaluate RUN).
+        self.data = [absolute_spec(s) for s in self.data] if isinstance(self.data, list) else absolute_spec(self.data)
+        self.ferplus = absolute_spec(self.ferplus) if self.ferplus else self.ferplus
         if self.source_weights:
             parse_source_weights(self.source_weights)
         for key, allowed in CHOICES.items():
@@ -139,6 +142,34 @@ class TrainConfig:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
         if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0):
             raise FerlabError("with --teacher: --distill-weight in (0, 1] and --distill-temperature > 0")
+
+
+def absolute_spec(spec: str) -> str:
+    """A data spec with its path part(s) made absolute: fer.csv, ckplus:DIR, fergit:CSV,DIR."""
+    if not spec:
+        return spec
+    if ":" in spec and not Path(spec).exists():   # a prefix: ckplus:, ferplus8:, fergit:
+        prefix, _, paths = spec.partition(":")
+        return f"{prefix}:" + ",".join(os.path.abspath(p) if p else p for p in paths.split(","))
+    return os.path.abspath(spec)
+
+
+def shown_spec(spec: str) -> str:
+    """A data spec as printed: its paths relative to the working folder when they lie inside it."""
+    def rel(path: str) -> str:
+        relative = os.path.relpath(path) if os.path.isabs(path) else path
+        return path if relative.startswith("..") else relative
+    if ":" in spec and not Path(spec).exists():
+        prefix, _, paths = spec.partition(":")
+        return f"{prefix}:" + ",".join(rel(p) if p else p for p in paths.split(","))
+    return rel(spec)
+
+
+def shown_setting(key: str, value) -> str:
+    """A config value in a message: data files relative to the working folder (see shown_spec)."""
+    if key in ("data", "ferplus") and value:
+        value = [shown_spec(v) for v in value] if isinstance(value, list) else shown_spec(value)
+    return repr(value)
 
 
 def parse_source_weights(text: str) -> dict[str, float]:
@@ -525,7 +556,7 @@ def open_run(out: Path, cfg: TrainConfig, resume: bool | None = None) -> bool:
         if (out / "config.json").is_file():
             saved, want = normalized_config(json.loads((out / "config.json").read_text())), json.loads(json.dumps(asdict(cfg)))
             if saved != want:
-                diff = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in want.items() if saved.get(k) != v)
+                diff = ", ".join(f"{k}: {shown_setting(k, saved.get(k))} -> {shown_setting(k, v)}" for k, v in want.items() if saved.get(k) != v)
                 raise FerlabError(f"{out}: holds a run with other settings ({diff}); remove it or use another --out")
         resume = (out / "config.json").is_file() and (out / "last.pt").is_file()
     if int(os.environ.get("RANK", "0")) == 0:
@@ -553,7 +584,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     images = torch.from_numpy(train.images)
     if cfg.targets == "soft":
         if train.soft_labels is None:
-            raise FerlabError(f"{cfg.data}: --targets soft needs vote distributions (pass --ferplus)")
+            raise FerlabError(f"{data_names(cfg.data)}: --targets soft needs vote distributions (pass --ferplus)")
         targets = torch.from_numpy(train.soft_labels.astype(np.float32))
     else:
         targets = torch.from_numpy(train.labels.astype(np.int64))
@@ -713,6 +744,10 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
                 if getattr(args, f.name, None) is not None and f.name != "recipe"}
     if isinstance(explicit.get("data"), list) and len(explicit["data"]) == 1:
         explicit["data"] = explicit["data"][0]   # one --data is stored as before: a string
+    if "data" in explicit:   # as TrainConfig stores them: absolute
+        explicit["data"] = [absolute_spec(s) for s in explicit["data"]] if isinstance(explicit["data"], list) else absolute_spec(explicit["data"])
+    if explicit.get("ferplus"):
+        explicit["ferplus"] = absolute_spec(explicit["ferplus"])
     out = args.out
     if args.resume:
         if out is None:
@@ -723,9 +758,10 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
         saved = json.loads(saved_path.read_text())
         if args.recipe and args.recipe != saved.get("recipe"):
             explicit["recipe"] = args.recipe
-        changed = {k: v for k, v in explicit.items() if saved.get(k) != v}
+        stored = normalized_config(saved)   # a config.json of before absolute paths compares by its absolute paths
+        changed = {k: v for k, v in explicit.items() if stored.get(k) != v}
         if changed:
-            raise FerlabError(f"{out}: holds a run with different settings ({', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in changed.items())}); "
+            raise FerlabError(f"{out}: holds a run with different settings ({', '.join(f'{k}: {shown_setting(k, stored.get(k))} -> {shown_setting(k, v)}' for k, v in changed.items())}); "
                               "resume it with the same options or start a new --out")
         return TrainConfig(**saved), out
     base = {}
