@@ -722,6 +722,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run directory (default ~/ferlab-runs/<recipe-or-model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
+    p.add_argument("--threads", type=int, help="CPU threads torch uses (default: torch's, usually one per core)")
     p.add_argument("--model-kwargs", type=json.loads, help='JSON, e.g. \'{"dropout": 0.4}\'')
     for f in sorted(fields(TrainConfig), key=lambda f: f.name != "recipe"):   # --recipe first, then the config's order
         if f.name == "model_kwargs":
@@ -804,6 +805,10 @@ def train_command(config: dict) -> str:
 
 
 def run(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise FerlabError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     cfg, out = config_from_args(args)
     if int(os.environ.get("RANK", "0")) == 0:
         check_writable(out)

@@ -1,0 +1,54 @@
+"""What a first-time user hit (issue 29, friction): `ferlab --version`, `--threads`, a CSV with only
+a Training split, integer epoch ticks, results as a pandas DataFrame."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import ferlab
+import ferlab.metrics
+from ferlab.cli import main
+from ferlab.data import load_run_data
+from ferlab.train import TrainConfig
+from synthetic import write_csv
+
+TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"ferlab {ferlab.__version__}"
+
+
+def test_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(ferlab.metrics, "_savefig", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": e / 4, "val_acc": e / 5} for e in (1, 2, 3)]
+    ferlab.metrics.plot_curves(rows, tmp_path / "curves.png")
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_csv_with_only_a_training_split_gets_a_seeded_validation_split(tmp_path, capsys):
+    csv = write_csv(tmp_path / "train-only.csv", 300, 0, 0)
+    cfg = TrainConfig(data=str(csv), seed=3)
+    data, train, val, test = load_run_data(cfg)
+    assert len(train) + len(val) == 300 and 20 <= len(val) <= 40 and test is None
+    assert "warning" in capsys.readouterr().err
+    again = load_run_data(cfg)[2]
+    assert np.array_equal(val.images, again.images)   # seeded: the same faces every time (and on resume)
+    assert not np.array_equal(val.images, load_run_data(TrainConfig(data=str(csv), seed=4))[2].images)
+
+
+def test_train_threads(ferlab, toy_csv, tmp_path):
+    proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--threads", 2, "--out", tmp_path / "run",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert re.search(r"\b2 threads\b", proc.stdout), proc.stdout
+    assert "threads" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    bad = ferlab("train", *TINY, "--data", toy_csv, "--threads", 0, "--out", tmp_path / "bad", check=False)
+    assert bad.returncode == 2 and "--threads" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
