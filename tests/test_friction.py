@@ -85,3 +85,11 @@ def test_predict_frame_rows_without_pandas_installed(recognizer, astronaut, cat,
     assert all(rows[0][c] == face["probs"][c] for c in recognizer.classes)
     rows, _ = recognizer.predict_frame(astronaut)   # one image
     assert len(rows) == 1
+
+
+def test_readme_says_arrays_are_rgb_and_shows_bgr_in_the_first_example():
+    from pathlib import Path
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    first_example = readme.split("```python", 1)[1].split("```", 1)[0]
+    assert 'color="bgr"' in first_example and "RGB" in readme
+    assert len(readme.splitlines()) <= 200
