@@ -4,6 +4,7 @@ refuses bad input with one line."""
 
 import csv
 import json
+import math
 import os
 import shlex
 import signal
@@ -653,3 +654,23 @@ def test_data_paths_are_stored_absolute(cli, toy_csv, tmp_path, monkeypatch):
     code, out, err = cli("train", "--resume", "--out", "run")
     assert code == 0, err
     assert len(read_metrics(work / "run")) == 2
+
+
+def test_extending_a_finished_run_replans_the_schedule(cli, toy_csv, tmp_path):
+    """(issue 29, friction) `--resume --epochs N` past a run's end trains on, the schedule re-planned
+    over N epochs, and says so; fewer epochs, or other settings, are still refused."""
+    run = tmp_path / "run"
+    code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 2, "--batch-size", 64, "--schedule", "onecycle",
+                         "--lr", 0.01, "--out", run)
+    assert code == 0, err
+    code, out, err = cli("train", "--resume", "--out", run, "--epochs", 1)
+    assert code == 2 and "--epochs" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = cli("train", "--resume", "--out", run, "--epochs", 3)
+    assert code == 0, err
+    assert "extending" in out and "from 2 to 3 epochs" in out and "onecycle" in out
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3
+    assert load_state(run / "last.pt")["scheduler"]["total_steps"] == 3 * math.ceil(420 / 64)
+    code, out, err = cli("train", "--resume", "--out", run)   # a plain resume of the extended run: done
+    assert code == 0 and len(read_metrics(run)) == 3

@@ -631,12 +631,17 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     if resume:
         state = load_state(out / "last.pt")
         check_state(state, out / "last.pt")
+        # onecycle's plan (total steps, phases) is part of its state: keep this config's, so that a run
+        # extended with more --epochs (see run) re-plans the rest of its schedule.
+        plan = {k: getattr(scheduler, k) for k in ("total_steps", "_schedule_phases")} if cfg.schedule == "onecycle" else {}
         try:
             for key, part in stateful.items():
                 if part is not None:
                     part.load_state_dict(state[key])
         except (RuntimeError, ValueError, KeyError) as e:
             raise FerlabError(f"{out / 'last.pt'}: checkpoint does not match this model/optimizer ({str(e).splitlines()[0][:160]})") from None
+        if plan:
+            scheduler.__dict__.update(plan)
         gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         history, best_acc, start_epoch = state["history"], state["best_acc"], state["epoch"]
@@ -761,6 +766,13 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
             explicit["recipe"] = args.recipe
         stored = normalized_config(saved)   # a config.json of before absolute paths compares by its absolute paths
         changed = {k: v for k, v in explicit.items() if stored.get(k) != v}
+        epochs = changed.pop("epochs", None)   # more epochs: the run is extended (see run)
+        if epochs is not None and not changed:
+            if epochs < stored["epochs"]:
+                raise FerlabError(f"{out}: --epochs {epochs} is fewer than the run's {stored['epochs']}; a run can only be extended")
+            if stored.get("average_from"):
+                raise FerlabError(f"{out}: a run with --average-from cannot be extended (its averaging window depends on --epochs)")
+            return TrainConfig(**{**saved, "epochs": epochs}), out
         if changed:
             raise FerlabError(f"{out}: holds a run with different settings ({', '.join(f'{k}: {shown_setting(k, stored.get(k))} -> {shown_setting(k, v)}' for k, v in changed.items())}); "
                               "resume it with the same options or start a new --out")
@@ -816,6 +828,11 @@ def run(args) -> int:
     if resume and not (out / "last.pt").is_file():   # killed in its first epoch: nothing is lost by starting over
         print(f"{out}: no epoch finished before the run stopped (no last.pt); starting afresh")
         resume = False
+    if resume and (planned := json.loads((out / "config.json").read_text())["epochs"]) != cfg.epochs:
+        replanned = {"constant": "no schedule to re-plan", "plateau": "the plateau schedule goes on as before"}.get(
+            cfg.schedule, f"the {cfg.schedule} schedule is re-planned over {cfg.epochs} epochs from where it is")
+        print(f"{out}: extending the run from {planned} to {cfg.epochs} epochs; {replanned}")
+        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     resume = open_run(out, cfg, resume)
     result = fit(cfg, out, resume=resume, device=args.device)
     if result.best is not None:
