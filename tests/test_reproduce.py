@@ -57,6 +57,7 @@ def data_args(paper, data) -> list[str]:
 def test_smoke_report_of_each_paper(paper, data, tmp_path, one_thread, capsys):
     out = tmp_path / "repro"
     assert main(["reproduce", paper, "--budget", "smoke", *data_args(paper, data), "--out", str(out)]) == 0
+    assert re.search(r"estimate: [12] epochs x [\d.]+ s/epoch measured here = \d+ min", capsys.readouterr().out)
     report = (out / "report.md").read_text()
     payload = json.loads((out / "report.json").read_text())
     claims = payload["claims"]

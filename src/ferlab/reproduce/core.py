@@ -21,7 +21,7 @@ from ferlab.evaluate import batchnorm_check, evaluate_models
 from ferlab.metrics import _savefig, classification_report
 from ferlab.models import count_parameters, create_model
 from ferlab.recipes import get_recipe
-from ferlab.train import TrainConfig, fit, open_run
+from ferlab.train import TrainConfig, duration, fit, measure_epoch_seconds, open_run
 
 # Where data paths come from when no option names them.
 PATH_ENV = {"data": "FERLAB_DATA", "fergit": "FERLAB_FERGIT", "ckplus": "FERLAB_CKPLUS"}
@@ -227,7 +227,10 @@ class Reproduction:
                 atomic_write_text(done, json.dumps(result, indent=1))
             self.results[name] = result
             return result
-        self.log(f"[{name}] {'resuming' if resume else 'training'} {cfg.model} for {cfg.epochs} epochs -> {run}")
+        _, train, val, _ = load_run_data(cfg)
+        per_epoch = measure_epoch_seconds(cfg, len(train) / cfg.train_fraction, len(val), self.device)
+        self.log(f"[{name}] {'resuming' if resume else 'training'} {cfg.model} for {cfg.epochs} epochs -> {run} "
+                 f"(estimate: {cfg.epochs} epochs x {per_epoch:.1f} s/epoch measured here = {duration(cfg.epochs * per_epoch)})")
         fitted = fit(cfg, run, resume=resume, device=self.device, log=lambda m: self.log(f"  [{name}] {m}"))
         model = create_model(cfg.model, **cfg.model_kwargs)
         result = {"name": name, "run_dir": str(run), "model": cfg.model, "epochs": cfg.epochs,
