@@ -674,3 +674,14 @@ def test_extending_a_finished_run_replans_the_schedule(cli, toy_csv, tmp_path):
     assert load_state(run / "last.pt")["scheduler"]["total_steps"] == 3 * math.ceil(420 / 64)
     code, out, err = cli("train", "--resume", "--out", run)   # a plain resume of the extended run: done
     assert code == 0 and len(read_metrics(run)) == 3
+
+
+def test_an_early_stopped_run_is_not_extended(cli, toy_csv, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 3, "--early-stop-patience", 1, "--lr", 1e-9,
+                         "--early-stop-monitor", "val_loss", "--out", run)
+    assert code == 0, err
+    if len(read_metrics(run)) == 3:
+        pytest.skip("validation loss kept falling at lr 1e-9: no early stop to test")
+    code, out, err = cli("train", "--resume", "--out", run, "--epochs", 5)
+    assert code == 2 and "stopped early" in err and json.loads((run / "config.json").read_text())["epochs"] == 3

@@ -852,17 +852,24 @@ def run(args) -> int:
             raise FerlabError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     cfg, out = config_from_args(args)
-    if int(os.environ.get("RANK", "0")) == 0:
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
         check_writable(out)
     resume = args.resume
     if resume and not (out / "last.pt").is_file():   # killed in its first epoch: nothing is lost by starting over
-        print(f"{out}: no epoch finished before the run stopped (no last.pt); starting afresh")
+        if main:
+            print(f"{out}: no epoch finished before the run stopped (no last.pt); starting afresh")
         resume = False
     if resume and (planned := json.loads((out / "config.json").read_text())["epochs"]) != cfg.epochs:
+        state = load_state(out / "last.pt")
+        check_state(state, out / "last.pt")
+        if state["history"] and state["history"][-1].get("stopped"):
+            raise FerlabError(f"{out}: the run stopped early at epoch {state['epoch']}; more --epochs would not train it")
         replanned = {"constant": "no schedule to re-plan", "plateau": "the plateau schedule goes on as before"}.get(
             cfg.schedule, f"the {cfg.schedule} schedule is re-planned over {cfg.epochs} epochs from where it is")
-        print(f"{out}: extending the run from {planned} to {cfg.epochs} epochs; {replanned}")
-        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+        if main:
+            print(f"{out}: extending the run from {planned} to {cfg.epochs} epochs; {replanned}")
+            atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     resume = open_run(out, cfg, resume)
     result = fit(cfg, out, resume=resume, device=args.device)
     if result.best is not None:
