@@ -459,3 +459,15 @@ def test_csv_with_quoted_fields(tmp_path):
     write_csv(tmp_path / "q.csv", [f'"{e}","{px}","{u}"'], header='"emotion","pixels","Usage"')
     ds = load_dataset(str(tmp_path / "q.csv"))
     assert ds.labels.tolist() == [5] and ds.splits.tolist() == ["PublicTest"] and np.array_equal(ds.images, images)
+
+
+def test_symlink_loops_in_an_image_folder_are_skipped_with_a_warning(tmp_path, capsys):
+    """(issue 29, item 11) a looping symlink (an image or a class folder) is not silently dropped."""
+    root = make_tree(tmp_path / "faces", {"happy": 2, "sad": 1})
+    (root / "happy" / "loop.png").symlink_to(root / "happy" / "loop.png")
+    (root / "angry").symlink_to(root / "angry")
+    ds = load_dataset(str(root))
+    assert len(ds) == 3
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "warning" in warning and "symlink" in warning
+    assert "happy/loop.png" in warning and "faces/angry" in warning

@@ -389,3 +389,22 @@ def test_float16_weights_load_into_a_float32_model(tmp_path):
     for (name, want), got in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert got.dtype == want.dtype, name
         assert torch.equal(got, want.half().to(want.dtype)) if want.is_floating_point() else torch.equal(got, want)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps", "meta"])
+def test_unavailable_device_fails_in_one_line(cli, fernet_weights, tmp_path, monkeypatch, device):
+    """(issue 29, defect 9) predict, video, serve and Recognizer on a device this torch cannot use."""
+    uvicorn = pytest.importorskip("uvicorn")
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("serve started on an unavailable device"))
+    from ferlab.predict import Recognizer
+    with pytest.raises(FerlabError, match=f"--device {device}"):
+        Recognizer(fernet_weights, detector="blazeface", device=device)
+    photo, clip = tmp_path / "photo.png", tmp_path / "clip.avi"
+    Image.new("RGB", (64, 64)).save(photo)
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 64))
+    writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    for args in (["predict", photo], ["video", clip], ["serve", "--port", "8765"]):
+        code, out, err = cli(*args, "--model", fernet_weights, "--device", device)
+        assert code == 2 and f"--device {device}" in err and len(err.strip().splitlines()) == 1, (args, err)

@@ -57,6 +57,7 @@ def data_args(paper, data) -> list[str]:
 def test_smoke_report_of_each_paper(paper, data, tmp_path, one_thread, capsys):
     out = tmp_path / "repro"
     assert main(["reproduce", paper, "--budget", "smoke", *data_args(paper, data), "--out", str(out)]) == 0
+    assert re.search(r"estimate: [12] epochs x [\d.]+ s/epoch measured here = \d+ min", capsys.readouterr().out)
     report = (out / "report.md").read_text()
     payload = json.loads((out / "report.json").read_text())
     claims = payload["claims"]
@@ -198,15 +199,18 @@ def test_li2023_claims():
     from ferlab.reproduce import li2023
 
     h = made_up_history(100, train_acc=lambda e: 0.6 - 0.3 / e ** 0.5)
-    claims = li2023.claims({e: h[:e] for e in (20, 40, 60, 80, 100)})
+    fer2013 = {"train": 28709, "test": 3589}
+    claims = li2023.claims({e: h[:e] for e in (20, 40, 60, 80, 100)}, fer2013)
     ours = {c.claim: c.ours for c in claims}
     assert ours["Training accuracy at the end of training (epochs not stated; read as the longest run, 100)"] == "57.00% (epoch 100)"
     assert ours["Improvement over the previous (shorter) training"].endswith("epoch 80 -> 100")
     assert ours["More epochs: accuracy rises and loss falls"].startswith("yes: ")
     assert ours["Gains shrink as training lengthens: the CNN converges"].startswith("yes: ")
-    assert ours["More epochs improve accuracy on unseen data (generalisation)"].startswith("yes: PrivateTest after 20 / 40")
-    falling = li2023.claims({1: made_up_history(1), 2: made_up_history(2, train_acc=[0.6, 0.5])})
-    assert {c.claim: c.ours for c in falling}["More epochs: accuracy rises and loss falls"].startswith("not monotone")
+    unseen = ours["More epochs improve accuracy on unseen data (generalisation)"]
+    assert unseen.startswith("yes: ") and "PrivateTest after 20 / 40" in unseen
+    falling = li2023.claims({1: made_up_history(1), 2: made_up_history(2, train_acc=[0.6, 0.5])}, fer2013)
+    verdict = {c.claim: c.ours for c in falling}["More epochs: accuracy rises and loss falls"]
+    assert verdict.startswith("no: ") and "not monotone" in verdict
 
 
 def test_sarmah2023_claims():
@@ -245,3 +249,34 @@ def test_bah2022_claims():
         "95.00% +- 4.08")
     assert "astronaut: happy 86%" in ours["Personal photos: detect, crop, resize to 48x48, predict with confidence "
                                           "(Figures 9-10)"]
+
+
+def test_more_epochs_claims_need_a_difference_beyond_the_noise():
+    """(issue 29, friction) equal numbers are not a "yes": yes/no only past the stated noise."""
+    from ferlab.reproduce import li2023
+
+    def row(acc, test):
+        return {"train_acc": acc, "train_loss": 1 - acc, "val_loss": 1 - acc, "val_acc": acc, "test_acc": test, "time_s": 1}
+
+    def verdicts(a, b):
+        claims = li2023.claims({1: [row(a, a)], 2: [row(a, a), row(b, b)]}, {"train": 140, "test": 42})
+        return [c.ours.split(":")[0] for c in claims if c.claim.startswith("More epochs")]
+    assert verdicts(0.5, 0.5) == ["inconclusive", "inconclusive"]
+    assert verdicts(0.5, 0.52) == ["inconclusive", "inconclusive"]
+    assert verdicts(0.2, 0.9) == ["yes", "yes"]
+    assert verdicts(0.9, 0.2) == ["no", "no"]
+    claims = li2023.claims({1: [row(0.5, 0.5)], 2: [row(0.5, 0.5)] * 2}, {"train": 140, "test": 42})
+    assert all("noise" in c.ours for c in claims if c.claim.startswith("More epochs"))
+
+
+def test_budget_defaults_to_cpu_without_a_gpu_and_smoke_says_what_it_runs(monkeypatch):
+    from ferlab.reproduce import li2023
+    from ferlab.reproduce.cli import pick_budget
+    from ferlab.reproduce.core import budget_description
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert pick_budget(None) == "cpu" and pick_budget("full") == "full"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert pick_budget(None) == "full"
+    smoke = budget_description("smoke")
+    longest = max(li2023.BUDGETS["smoke"]["epochs"])
+    assert "1-epoch runs" not in smoke and f"{longest} epochs" in smoke

@@ -4,6 +4,7 @@ refuses bad input with one line."""
 
 import csv
 import json
+import math
 import os
 import shlex
 import signal
@@ -25,7 +26,7 @@ from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
 from ferlab.data import load_run_data, load_with_splits
 from ferlab.device import describe_machine
-from ferlab.train import BestWeights, TrainConfig, balanced_class_weights, config_from_args, fit, train_command
+from ferlab.train import BestWeights, TrainConfig, balanced_class_weights, config_from_args, fit, open_run, train_command
 from synthetic import synthetic_faces, wait_until
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
@@ -409,7 +410,8 @@ def test_train_command_recreates_the_config(tmp_path, recipe):
     assert command.startswith("ferlab train") and ("--recipe fernet_m" in command) == bool(recipe)
     args = build_parser("train").parse_args(shlex.split(command)[1:] + ["--out", str(tmp_path / "run")])
     parsed, _ = config_from_args(args)
-    assert asdict(parsed) == {**config, "data": "fer2013.csv.gz", "ferplus": "fer2013new.csv"}
+    # data files by name, found in the working folder (and stored by absolute path)
+    assert asdict(parsed) == {**config, "data": os.path.abspath("fer2013.csv.gz"), "ferplus": os.path.abspath("fer2013new.csv")}
 
 
 def test_ferplus_soft_targets_train_an_8_class_model(ferlab, toy_csv, tmp_path):
@@ -511,3 +513,175 @@ def test_data_parallel_matches_single_process(ferlab, toy_csv, tmp_path):
         # BatchNorm statistics are per process (16 vs 32 faces), so equal only within tolerance.
         assert float(d["train_loss"]) == pytest.approx(float(s["train_loss"]), rel=0.1)
         assert float(d["val_acc"]) == pytest.approx(float(s["val_acc"]), abs=0.1)
+
+
+def test_run_killed_before_its_first_checkpoint_resumes_afresh(cli, toy_csv, tmp_path):
+    """(issue 29, defect 1) config.json is written before the first last.pt: a run killed in its
+    first epoch holds only config.json, and --resume starts it afresh, saying so."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = asdict(tiny_config(toy_csv, epochs=1))
+    (run / "config.json").write_text(json.dumps(config, indent=2))
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 0, err
+    assert "no epoch finished" in out and "starting afresh" in out
+    assert (run / "last.pt").is_file() and len(read_metrics(run)) == 1
+    assert json.loads((run / "config.json").read_text()) == config
+
+
+@pytest.fixture(scope="module")
+def finished_run(toy_csv, tmp_path_factory):
+    """A 1-epoch tiny run, trained once per module; tests copy it before damaging it."""
+    run, cfg = tmp_path_factory.mktemp("finished") / "run", tiny_config(toy_csv, epochs=1)
+    fit(cfg, run, resume=open_run(run, cfg, False), log=lambda *a: None)
+    return run
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    import shutil
+    shutil.copytree(run, to)
+    return to
+
+
+@pytest.mark.parametrize("damage", ["empty", "tensor", "no_history", "string_epoch", "truncated"])
+def test_damaged_last_pt_fails_in_one_line(cli, finished_run, tmp_path, damage):
+    """(issue 29, defect 4) a damaged last.pt: one line naming the file, no torch hint, no traceback."""
+    run = copy_run(finished_run, tmp_path / "run")
+    state = load_state(run / "last.pt")
+    if damage == "empty":
+        (run / "last.pt").write_bytes(b"")
+    elif damage == "tensor":
+        torch.save(torch.zeros(3), run / "last.pt")
+    elif damage == "no_history":
+        torch.save({k: v for k, v in state.items() if k != "history"}, run / "last.pt")
+    elif damage == "string_epoch":
+        torch.save({**state, "epoch": "one"}, run / "last.pt")
+    else:
+        data = (run / "last.pt").read_bytes()
+        (run / "last.pt").write_bytes(data[:len(data) // 2])
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 2 and "last.pt" in err, err
+    assert len(err.strip().splitlines()) == 1 and "weights_only" not in err
+
+
+@pytest.mark.parametrize("meta", ["[1, 2]", '{"model": "fernet_s", "model_kwargs": {"num_classes": -1}}',
+                                  '{"model": "fernet_s", "model_kwargs": [1]}', '"text"'])
+def test_damaged_weights_metadata_fails_in_one_line(cli, finished_run, tmp_path, meta):
+    """(issue 29, defect 4) a .safetensors whose ferlab metadata is not a usable dict."""
+    from safetensors.torch import load_file, save_file
+    path = tmp_path / "bad.safetensors"
+    save_file(load_file(str(finished_run / "best.safetensors")), str(path), metadata={"ferlab": meta})
+    with pytest.raises(FerlabError, match="bad.safetensors"):
+        load_model(str(path))
+    code, out, err = cli("evaluate", path, "--data", finished_run.parent / "nothing.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_unwritable_out_fails_before_any_work(cli, finished_run, toy_csv, tmp_path, monkeypatch):
+    """(issue 29, defect 5) train and evaluate check --out first: one line, before training/evaluating.
+    (The tests run as root, whom permissions do not stop: a path under a regular file stands in.)"""
+    import ferlab.evaluate
+    import ferlab.train
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+
+    def never(*args, **kwargs):
+        raise AssertionError("ran before checking --out")
+    monkeypatch.setattr(ferlab.train, "fit", never)
+    monkeypatch.setattr(ferlab.evaluate, "evaluate_models", never)
+    code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", blocker / "run")
+    assert code == 2 and "a-file/run" in err and "cannot write" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = cli("evaluate", finished_run, "--data", toy_csv, "--out", blocker / "eval")
+    assert code == 2 and "a-file/eval" in err and "cannot write" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("damage", ["missing", "stale"])
+def test_resume_of_a_finished_run_redraws_its_curves(cli, finished_run, tmp_path, damage):
+    """(issue 29, defect 6) a kill between metrics.csv and curves.png: resume redraws the plot."""
+    run = copy_run(finished_run, tmp_path / "run")
+    curves, metrics = run / "curves.png", run / "metrics.csv"
+    if damage == "missing":
+        curves.unlink()
+    else:
+        curves.write_bytes(b"stale")
+        os.utime(curves, (metrics.stat().st_mtime - 60,) * 2)
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 0, err
+    assert curves.is_file() and curves.read_bytes()[:4] == b"\x89PNG"
+    assert curves.stat().st_mtime >= metrics.stat().st_mtime
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_on_resume(cli, finished_run, tmp_path):
+    """(issue 29, defect 8, run half) a kill mid-write leaves atomic_write's temporary files: the next
+    start or resume removes them, and only them."""
+    run = copy_run(finished_run, tmp_path / "run")
+    leftovers = [run / ".last.pt.k2j4x9.tmp", run / ".best.safetensors.a1b2c3.tmp", run / ".curves.png.zz9.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    (run / "notes.txt").write_text("mine")
+    code, out, err = cli("train", "--resume", "--out", run)
+    assert code == 0, err
+    assert not any(p.exists() for p in leftovers) and (run / "notes.txt").read_text() == "mine"
+
+
+def test_data_paths_are_stored_absolute(cli, toy_csv, tmp_path, monkeypatch):
+    """(issue 29, defect 10) config.json holds absolute data paths (the path part of ckplus:/fergit:
+    specs, each of a mix), so `ferlab evaluate RUN` works from another folder; an old config.json
+    with relative paths still resumes from where it was made."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "toy.csv").write_bytes(Path(toy_csv).read_bytes())
+    monkeypatch.chdir(work)
+    code, out, err = cli("train", *TINY, "--data", "toy.csv", "--epochs", 1, "--out", "run")
+    assert code == 0, err
+    assert json.loads((work / "run" / "config.json").read_text())["data"] == str(work / "toy.csv")
+    code, out, err = cli("train", "--resume", "--out", "run", "--data", "toy.csv")   # the same data, as given before
+    assert code == 0, err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = cli("evaluate", work / "run")
+    assert code == 0, err
+
+    cfg = tiny_config("x", ferplus="votes.csv")
+    cfg = TrainConfig(**{**asdict(cfg), "data": ["ckplus:faces/CK+48", "fergit:a.csv,b", "c.csv"]})
+    assert cfg.data == [f"ckplus:{elsewhere}/faces/CK+48", f"fergit:{elsewhere}/a.csv,{elsewhere}/b", f"{elsewhere}/c.csv"]
+    assert cfg.ferplus == f"{elsewhere}/votes.csv"
+
+    monkeypatch.chdir(work)   # a run made before: relative paths in config.json
+    config = json.loads((work / "run" / "config.json").read_text())
+    (work / "run" / "config.json").write_text(json.dumps({**config, "data": "toy.csv", "epochs": 2}))
+    code, out, err = cli("train", "--resume", "--out", "run")
+    assert code == 0, err
+    assert len(read_metrics(work / "run")) == 2
+
+
+def test_extending_a_finished_run_replans_the_schedule(cli, toy_csv, tmp_path):
+    """(issue 29, friction) `--resume --epochs N` past a run's end trains on, the schedule re-planned
+    over N epochs, and says so; fewer epochs, or other settings, are still refused."""
+    run = tmp_path / "run"
+    code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 2, "--batch-size", 64, "--schedule", "onecycle",
+                         "--lr", 0.01, "--out", run)
+    assert code == 0, err
+    code, out, err = cli("train", "--resume", "--out", run, "--epochs", 1)
+    assert code == 2 and "--epochs" in err and len(err.strip().splitlines()) == 1, err
+    code, out, err = cli("train", "--resume", "--out", run, "--epochs", 3)
+    assert code == 0, err
+    assert "extending" in out and "from 2 to 3 epochs" in out and "onecycle" in out
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3
+    assert load_state(run / "last.pt")["scheduler"]["total_steps"] == 3 * math.ceil(420 / 64)
+    code, out, err = cli("train", "--resume", "--out", run)   # a plain resume of the extended run: done
+    assert code == 0 and len(read_metrics(run)) == 3
+
+
+def test_an_early_stopped_run_is_not_extended(cli, toy_csv, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 3, "--early-stop-patience", 1, "--lr", 1e-9,
+                         "--early-stop-monitor", "val_loss", "--out", run)
+    assert code == 0, err
+    if len(read_metrics(run)) == 3:
+        pytest.skip("validation loss kept falling at lr 1e-9: no early stop to test")
+    code, out, err = cli("train", "--resume", "--out", run, "--epochs", 5)
+    assert code == 2 and "stopped early" in err and json.loads((run / "config.json").read_text())["epochs"] == 3

@@ -59,6 +59,7 @@ def test_study_runs_and_writes_best_json(toy_csv, tmp_path, one_thread, capsys):
         assert (run / "metrics.csv").is_file() and (run / "best.safetensors").is_file()
     out = capsys.readouterr().out
     assert "| rank | trial | val acc |" in out and "best: trial" in out
+    assert re.search(r"estimate: 3 trials x 1 epochs x [\d.]+ s/epoch .* = \d+ min", out), out   # (issue 29, friction)
 
     # the study remembers its settings: resuming with others is refused in one line
     assert main(tune_args(toy_csv, tmp_path, 4, "--lr", "0.01")) == 2

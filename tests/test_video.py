@@ -171,3 +171,34 @@ def test_webcam_without_a_camera(cli, capsys, monkeypatch, fernet_weights):
     monkeypatch.setattr(video, "check_display", lambda: None)
     code, out, err = cli("webcam", "--camera", "57", "--model", fernet_weights)
     assert code == 2 and err.strip().splitlines() == ["ferlab webcam: error: camera 57: cannot be opened (no such camera, or it is busy)"]
+
+
+def test_video_of_a_still_photo_fails_and_keeps_the_outputs(cli, capsys, astronaut, fernet_weights, tmp_path):
+    """(issue 29, defect 7) OpenCV opens a JPEG as a 'video' it then reads no frame from: one-line
+    error, exit 2, and the files --out / --csv name are left as they were."""
+    photo, keep_mp4, keep_csv = tmp_path / "photo.jpg", tmp_path / "keep.mp4", tmp_path / "keep.csv"
+    cv2.imwrite(str(photo), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
+    keep_mp4.write_bytes(b"my video")
+    keep_csv.write_text("my,table\n")
+    code, out, err = cli("video", photo, "--model", fernet_weights, "--out", keep_mp4, "--csv", keep_csv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "photo.jpg" in err and "no frames" in err, err
+    assert keep_mp4.read_bytes() == b"my video" and keep_csv.read_text() == "my,table\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv", "keep.mp4", "photo.jpg"]
+
+
+def test_truncated_video_says_how_many_frames_it_read(cli, capsys, fernet_weights, tmp_path):
+    """(issue 29, defect 7) a video cut short: the frames read are processed and the count is said."""
+    whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        writer.write(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    writer.release()
+    data = whole.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    code, out, err = cli("video", cut, "--model", fernet_weights, "--csv", tmp_path / "t.csv")
+    assert code == 0, err
+    import re
+    found = re.search(r"read (\d+) of the 8 frames", err)
+    assert found and 0 < int(found.group(1)) < 8, err
+    assert f"{found.group(1)} frames" in err

@@ -28,3 +28,28 @@ def atomic_write(path, write) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def check_writable(folder) -> None:
+    """Create `folder` if needed and write a probe file in it, so a command that writes there fails
+    in one line before its work, not after (FerlabError)."""
+    from ferlab.errors import FerlabError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".ferlab-probe-"):
+            pass
+    except OSError as e:
+        raise FerlabError(f"{folder}: cannot write there ({e.strerror or e})") from None
+
+
+def remove_leftovers(folder) -> list[Path]:
+    """Delete the temporary files (.NAME.XXXX.tmp) that atomic_write leaves when its process is
+    killed mid-write; call it before a process starts writing into `folder`. Returns them."""
+    removed = []
+    for path in Path(folder).glob(".*.*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

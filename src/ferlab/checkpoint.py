@@ -48,6 +48,8 @@ def load_weights(path) -> tuple[dict, dict]:
             meta = json.loads((f.metadata() or {}).get("ferlab", "{}"))
     except (SafetensorError, OSError, ValueError) as e:
         raise FerlabError(f"{path}: not a readable safetensors weights file ({e})") from None
+    if not isinstance(meta, dict):
+        raise FerlabError(f"{path}: its ferlab metadata is a JSON {type(meta).__name__}, not an object")
     return state, meta
 
 
@@ -62,7 +64,13 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
     state, meta = load_weights(path)
     if "model" not in meta:
         raise FerlabError(f"{path}: weights file has no ferlab metadata naming its model")
-    model = create_model(meta["model"], **meta.get("model_kwargs", {}))
+    kwargs = meta.get("model_kwargs", {})
+    try:
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"model_kwargs is a {type(kwargs).__name__}, not an object")
+        model = create_model(meta["model"], **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:   # metadata no model can be built from
+        raise FerlabError(f"{path}: its metadata does not describe a {meta['model']} model ({str(e).strip()[:160]})") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
@@ -83,4 +91,10 @@ def load_state(path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign files
-        raise FerlabError(f"{path}: not a readable ferlab training checkpoint ({str(e).splitlines()[0][:200]})") from None
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            reason = "the file is empty"
+        elif "weights only load failed" in str(e).lower():   # not torch's advice to unpickle it anyway
+            reason = "it holds objects other than tensors and plain values"
+        else:
+            reason = next(iter(str(e).strip().splitlines()), "") or type(e).__name__
+        raise FerlabError(f"{path}: not a readable ferlab training checkpoint ({reason[:200]})") from None

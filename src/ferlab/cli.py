@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from ferlab import __version__
 from ferlab.errors import FerlabError
 
 TRAIN_HINT = 'pip install "ferlab[train]"'
@@ -37,6 +38,7 @@ COMMANDS = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferlab", description="Facial expression recognition toolkit.")
+    parser.add_argument("--version", action="version", version=f"ferlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -14,15 +14,26 @@ from ferlab.errors import FerlabError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """auto, cpu, cuda, cuda:N (or mps where torch has it) -> torch.device; FerlabError, in one line
+    naming the option, for a device this torch or machine cannot run on."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise FerlabError(f"unknown device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FerlabError("--device cuda requested but CUDA is not available")
-    return device
+    except (RuntimeError, TypeError):
+        raise FerlabError(f"--device {name}: unknown device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise FerlabError(f"--device {name}: CUDA is not available ({why}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FerlabError(f"--device {name}: no such GPU ({torch.cuda.device_count()} visible)")
+        return device
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise FerlabError(f"--device {name}: not available with this torch (use auto, cpu or cuda)")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ferlab.atomic import atomic_write_text
+from ferlab.atomic import atomic_write_text, check_writable
 from ferlab.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from ferlab.checkpoint import check_same_classes, load_model, load_state, resolve_weights
 from ferlab.data import default_splits, load_run_data, load_with_splits
@@ -134,6 +134,10 @@ def run(args) -> int:
     split = args.split or default_splits(data.split_names())[2]
     if not split:
         raise FerlabError(f"{args.data}: no test split to default to (have: {', '.join(data.split_names())}); pass --split")
+    first = Path(args.model[0])
+    name = f"eval-{split.replace(',', '+')}-{args.tta}" + ("-bn" if args.recalibrate_bn else "")
+    out = args.out or ((first if first.is_dir() else Path(".")) / name)
+    check_writable(out)   # before the evaluation, not after it
     subset = data.select(split)
     bn_images = data.select(args.recalibrate_bn).images if args.recalibrate_bn else None
     t0 = time.time()
@@ -146,10 +150,6 @@ def run(args) -> int:
     report.update(model=" + ".join(args.model), data=args.data, ferplus=args.ferplus, split=split, tta=args.tta, amp=args.amp,
                   recalibrate_bn=args.recalibrate_bn or None,
                   seconds=round(seconds, 2), faces_per_s=round(len(subset) / max(seconds, 1e-9), 1))
-    first = Path(args.model[0])
-    name = f"eval-{split.replace(',', '+')}-{args.tta}" + ("-bn" if args.recalibrate_bn else "")
-    out = args.out or ((first if first.is_dir() else Path(".")) / name)
-    out.mkdir(parents=True, exist_ok=True)
     labels = f" with FER+ labels ({Path(args.ferplus).name})" if args.ferplus else ""
     title = f"{report['model']} on {Path(args.data).name}{labels} {split} (TTA: {args.tta})"
     if args.recalibrate_bn:

@@ -88,6 +88,7 @@ def plot_curves(rows: list[dict], path, title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -100,6 +101,7 @@ def plot_curves(rows: list[dict], path, title: str = "") -> None:
         if key == "acc" and averaged:   # --average-from
             ax.plot(*zip(*averaged), label="validation, weight average", linestyle=":")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
         ax.set_ylabel("loss" if key == "loss" else "accuracy")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -3,6 +3,7 @@
     rec = Recognizer()                      # bundled "default" model, bundled BlazeFace face detector
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
+    rec.predict_frame(["a.jpg", "b.jpg"])   # a pandas DataFrame, one row per face (pandas optional)
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
     Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
     Recognizer("ferplus")                   # the bundled FER+ model: 8 classes, the 7 and contempt
@@ -245,6 +246,24 @@ class Recognizer:
                 yield path, loaded
             else:
                 yield path, self.predict_pixels(*loaded)
+
+    def predict_frame(self, images, color: str = "rgb"):
+        """predict() over one image or a list of them as a pandas DataFrame (pandas is optional: a
+        FerlabError says to install it): one row per face, columns image (the path, else the
+        image's index in the list), face, x, y, w, h, score, label, confidence and one per class."""
+        try:
+            import pandas
+        except ImportError:
+            raise FerlabError("Recognizer.predict_frame needs pandas: pip install pandas") from None
+        single = isinstance(images, (str, Path, np.ndarray)) or not isinstance(images, (list, tuple))
+        rows = []
+        for n, image in enumerate([images] if single else images):
+            name = str(image) if isinstance(image, (str, Path)) else n
+            for i, f in enumerate(self.predict(image, color)):
+                rows.append({"image": name, "face": i, **dict(zip("xywh", f["box"])), "score": f["score"],
+                             "label": f["label"], "confidence": f["confidence"], **f["probs"]})
+        columns = ["image", "face", "x", "y", "w", "h", "score", "label", "confidence", *self.classes]
+        return pandas.DataFrame(rows, columns=columns)
 
     def _result(self, p: np.ndarray) -> dict:
         i = int(p.argmax())

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from ferlab.augment import AUGMENT_PRESETS, apply_augment, get_augment, mix_batch, sample_params
-from ferlab.atomic import atomic_write_text
+from ferlab.atomic import atomic_write_text, check_writable, remove_leftovers
 from ferlab.batchnorm import recalibrate_batchnorm
 from ferlab.checkpoint import load_model, load_state, load_weights, save_state, save_weights
 from ferlab.data import load_run_data
@@ -122,6 +122,9 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.data, (list, tuple)):
             self.data = list(self.data) if len(self.data) > 1 else (self.data[0] if self.data else "")
+        # Data files by absolute path, so the run's config.json works from any folder (ferlab evaluate RUN).
+        self.data = [absolute_spec(s) for s in self.data] if isinstance(self.data, list) else absolute_spec(self.data)
+        self.ferplus = absolute_spec(self.ferplus) if self.ferplus else self.ferplus
         if self.source_weights:
             parse_source_weights(self.source_weights)
         for key, allowed in CHOICES.items():
@@ -139,6 +142,34 @@ class TrainConfig:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
         if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0):
             raise FerlabError("with --teacher: --distill-weight in (0, 1] and --distill-temperature > 0")
+
+
+def absolute_spec(spec: str) -> str:
+    """A data spec with its path part(s) made absolute: fer.csv, ckplus:DIR, fergit:CSV,DIR."""
+    if not spec:
+        return spec
+    if ":" in spec and not Path(spec).exists():   # a prefix: ckplus:, ferplus8:, fergit:
+        prefix, _, paths = spec.partition(":")
+        return f"{prefix}:" + ",".join(os.path.abspath(p) if p else p for p in paths.split(","))
+    return os.path.abspath(spec)
+
+
+def shown_spec(spec: str) -> str:
+    """A data spec as printed: its paths relative to the working folder when they lie inside it."""
+    def rel(path: str) -> str:
+        relative = os.path.relpath(path) if os.path.isabs(path) else path
+        return path if relative.startswith("..") else relative
+    if ":" in spec and not Path(spec).exists():
+        prefix, _, paths = spec.partition(":")
+        return f"{prefix}:" + ",".join(rel(p) if p else p for p in paths.split(","))
+    return rel(spec)
+
+
+def shown_setting(key: str, value) -> str:
+    """A config value in a message: data files relative to the working folder (see shown_spec)."""
+    if key in ("data", "ferplus") and value:
+        value = [shown_spec(v) for v in value] if isinstance(value, list) else shown_spec(value)
+    return repr(value)
 
 
 def parse_source_weights(text: str) -> dict[str, float]:
@@ -480,6 +511,30 @@ def write_metrics(out: Path, history: list[dict], cfg: TrainConfig) -> None:
     plot_curves(history, out / "curves.png", title=f"{cfg.recipe or cfg.model} on {data_names(cfg.data)}")
 
 
+# What fit reads from last.pt besides the parts' state dicts, and the types it needs them in.
+STATE_KEYS = {"model": dict, "epoch": int, "best_acc": (int, float), "history": list, "rng": dict}
+
+
+def check_state(state, path: Path) -> None:
+    """A last.pt fit can resume from, or FerlabError naming the file and what is wrong."""
+    if not isinstance(state, dict):
+        raise FerlabError(f"{path}: not a ferlab training checkpoint (it holds a {type(state).__name__}, not a dict)")
+    for key, kind in STATE_KEYS.items():
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            found = "no" if key not in state else f"a {type(state[key]).__name__} as its"
+            raise FerlabError(f"{path}: damaged training checkpoint ({found} {key!r})")
+    if not all(isinstance(state["rng"].get(k), torch.Tensor) for k in ("generator", "torch")):
+        raise FerlabError(f"{path}: damaged training checkpoint (its 'rng' lacks the generator states)")
+
+
+def files_outdated(out: Path) -> bool:
+    """True when metrics.csv or curves.png is missing or older than what it is drawn from (last.pt, metrics.csv)."""
+    state, metrics, curves = out / "last.pt", out / "metrics.csv", out / "curves.png"
+    if not (metrics.is_file() and curves.is_file()):
+        return True
+    return metrics.stat().st_mtime < state.stat().st_mtime or curves.stat().st_mtime < metrics.stat().st_mtime
+
+
 def normalized_config(saved: dict) -> dict:
     """A saved config.json as TrainConfig would write it today (fields added since take their defaults)."""
     try:
@@ -501,11 +556,12 @@ def open_run(out: Path, cfg: TrainConfig, resume: bool | None = None) -> bool:
         if (out / "config.json").is_file():
             saved, want = normalized_config(json.loads((out / "config.json").read_text())), json.loads(json.dumps(asdict(cfg)))
             if saved != want:
-                diff = ", ".join(f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in want.items() if saved.get(k) != v)
+                diff = ", ".join(f"{k}: {shown_setting(k, saved.get(k))} -> {shown_setting(k, v)}" for k, v in want.items() if saved.get(k) != v)
                 raise FerlabError(f"{out}: holds a run with other settings ({diff}); remove it or use another --out")
         resume = (out / "config.json").is_file() and (out / "last.pt").is_file()
     if int(os.environ.get("RANK", "0")) == 0:
         out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(out)   # of a process killed mid-write
         if not resume:
             atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     return resume
@@ -528,7 +584,7 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     images = torch.from_numpy(train.images)
     if cfg.targets == "soft":
         if train.soft_labels is None:
-            raise FerlabError(f"{cfg.data}: --targets soft needs vote distributions (pass --ferplus)")
+            raise FerlabError(f"{data_names(cfg.data)}: --targets soft needs vote distributions (pass --ferplus)")
         targets = torch.from_numpy(train.soft_labels.astype(np.float32))
     else:
         targets = torch.from_numpy(train.labels.astype(np.int64))
@@ -574,12 +630,18 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
 
     if resume:
         state = load_state(out / "last.pt")
+        check_state(state, out / "last.pt")
+        # onecycle's plan (total steps, phases) is part of its state: keep this config's, so that a run
+        # extended with more --epochs (see run) re-plans the rest of its schedule.
+        plan = {k: getattr(scheduler, k) for k in ("total_steps", "_schedule_phases")} if cfg.schedule == "onecycle" else {}
         try:
             for key, part in stateful.items():
                 if part is not None:
                     part.load_state_dict(state[key])
         except (RuntimeError, ValueError, KeyError) as e:
             raise FerlabError(f"{out / 'last.pt'}: checkpoint does not match this model/optimizer ({str(e).splitlines()[0][:160]})") from None
+        if plan:
+            scheduler.__dict__.update(plan)
         gen.set_state(state["rng"]["generator"])
         torch.set_rng_state(state["rng"]["torch"])
         history, best_acc, start_epoch = state["history"], state["best_acc"], state["epoch"]
@@ -587,6 +649,8 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
             best = BestWeights(**state["best"]) if state.get("best") else BestWeights.of_run(out)
         if d.main:
             log(f"resumed {out} after epoch {start_epoch}")
+        if d.main and history and files_outdated(out):   # killed between last.pt and metrics.csv / curves.png
+            write_metrics(out, history, cfg)
 
     machine = describe_machine(device)
     if d.main:
@@ -655,6 +719,36 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     return FitResult(history, best)
 
 
+def measure_epoch_seconds(cfg: TrainConfig, n_train: int, n_val: int, device: str = "auto", steps: int = 3) -> float:
+    """Seconds one epoch of cfg takes on this machine, measured: `steps` optimizer steps on random
+    faces (after one warm-up step), times the epoch's steps, plus its validation pass (a forward
+    pass counted as a third of a step). For the estimates tune and reproduce print before starting."""
+    device = resolve_device(device)
+    model = create_model(cfg.model, **cfg.model_kwargs).to(device).train()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    dtype = autocast_dtype(cfg.amp, device)
+    gen = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (cfg.batch_size, 48, 48), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 7, (cfg.batch_size,), generator=gen).to(device)
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = F.cross_entropy(model(to_input(faces, device, cfg.channels_last)).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    step = (time.perf_counter() - t0) / steps
+    train_steps = math.ceil(n_train * cfg.train_fraction / cfg.batch_size)
+    return step * (train_steps + math.ceil(n_val / cfg.batch_size) / 3)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -663,6 +757,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run directory (default ~/ferlab-runs/<recipe-or-model>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
+    p.add_argument("--threads", type=int, help="CPU threads torch uses (default: torch's, usually one per core)")
     p.add_argument("--model-kwargs", type=json.loads, help='JSON, e.g. \'{"dropout": 0.4}\'')
     for f in sorted(fields(TrainConfig), key=lambda f: f.name != "recipe"):   # --recipe first, then the config's order
         if f.name == "model_kwargs":
@@ -685,19 +780,31 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
                 if getattr(args, f.name, None) is not None and f.name != "recipe"}
     if isinstance(explicit.get("data"), list) and len(explicit["data"]) == 1:
         explicit["data"] = explicit["data"][0]   # one --data is stored as before: a string
+    if "data" in explicit:   # as TrainConfig stores them: absolute
+        explicit["data"] = [absolute_spec(s) for s in explicit["data"]] if isinstance(explicit["data"], list) else absolute_spec(explicit["data"])
+    if explicit.get("ferplus"):
+        explicit["ferplus"] = absolute_spec(explicit["ferplus"])
     out = args.out
     if args.resume:
         if out is None:
             raise FerlabError("--resume needs --out RUNDIR")
         saved_path = out / "config.json"
-        if not saved_path.is_file() or not (out / "last.pt").is_file():
-            raise FerlabError(f"{out}: nothing to resume (no config.json and last.pt)")
+        if not saved_path.is_file():
+            raise FerlabError(f"{out}: nothing to resume (no config.json)")
         saved = json.loads(saved_path.read_text())
         if args.recipe and args.recipe != saved.get("recipe"):
             explicit["recipe"] = args.recipe
-        changed = {k: v for k, v in explicit.items() if saved.get(k) != v}
+        stored = normalized_config(saved)   # a config.json of before absolute paths compares by its absolute paths
+        changed = {k: v for k, v in explicit.items() if stored.get(k) != v}
+        epochs = changed.pop("epochs", None)   # more epochs: the run is extended (see run)
+        if epochs is not None and not changed:
+            if epochs < stored["epochs"]:
+                raise FerlabError(f"{out}: --epochs {epochs} is fewer than the run's {stored['epochs']}; a run can only be extended")
+            if stored.get("average_from"):
+                raise FerlabError(f"{out}: a run with --average-from cannot be extended (its averaging window depends on --epochs)")
+            return TrainConfig(**{**saved, "epochs": epochs}), out
         if changed:
-            raise FerlabError(f"{out}: holds a run with different settings ({', '.join(f'{k}: {saved.get(k)!r} -> {v!r}' for k, v in changed.items())}); "
+            raise FerlabError(f"{out}: holds a run with different settings ({', '.join(f'{k}: {shown_setting(k, stored.get(k))} -> {shown_setting(k, v)}' for k, v in changed.items())}); "
                               "resume it with the same options or start a new --out")
         return TrainConfig(**saved), out
     base = {}
@@ -740,8 +847,30 @@ def train_command(config: dict) -> str:
 
 
 def run(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise FerlabError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     cfg, out = config_from_args(args)
-    resume = open_run(out, cfg, args.resume)
+    main = int(os.environ.get("RANK", "0")) == 0
+    if main:
+        check_writable(out)
+    resume = args.resume
+    if resume and not (out / "last.pt").is_file():   # killed in its first epoch: nothing is lost by starting over
+        if main:
+            print(f"{out}: no epoch finished before the run stopped (no last.pt); starting afresh")
+        resume = False
+    if resume and (planned := json.loads((out / "config.json").read_text())["epochs"]) != cfg.epochs:
+        state = load_state(out / "last.pt")
+        check_state(state, out / "last.pt")
+        if state["history"] and state["history"][-1].get("stopped"):
+            raise FerlabError(f"{out}: the run stopped early at epoch {state['epoch']}; more --epochs would not train it")
+        replanned = {"constant": "no schedule to re-plan", "plateau": "the plateau schedule goes on as before"}.get(
+            cfg.schedule, f"the {cfg.schedule} schedule is re-planned over {cfg.epochs} epochs from where it is")
+        if main:
+            print(f"{out}: extending the run from {planned} to {cfg.epochs} epochs; {replanned}")
+            atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+    resume = open_run(out, cfg, resume)
     result = fit(cfg, out, resume=resume, device=args.device)
     if result.best is not None:
         print(f"done: best.safetensors holds {result.best} (val_acc {result.best.val_acc:.4f}, --select {cfg.select}); "

@@ -41,11 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ferlab.atomic import atomic_write_text
-from ferlab.data import load_dataset
+from ferlab.data import load_dataset, load_run_data
 from ferlab.errors import FerlabError
 from ferlab.models import count_parameters, create_model
 from ferlab.models.sarmah2023 import SARMAH2023_SEARCH_SPACE
-from ferlab.train import TrainConfig, fit, open_run
+from ferlab.train import TrainConfig, duration, fit, measure_epoch_seconds, open_run
 
 try:
     import fcntl
@@ -299,6 +299,18 @@ def _claimed_before(study, number: int) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False, states=live) if t.number < number)
 
 
+def estimate_line(settings: TuneSettings, trials: int, device: str) -> str:
+    """The study's time, estimated before it starts: trials x epochs x the measured seconds per epoch
+    of a trial at the middle of the search space (trials vary around it; a pruner cuts it short)."""
+    middle = {name: low + step * round((high - low) / 2 / step) if step else (low + high) / 2
+              for name, (low, high, step) in settings.space.items()}
+    cfg = settings.train_config(middle)
+    _, train, val, _ = load_run_data(cfg)
+    per_epoch = measure_epoch_seconds(cfg, len(train) / cfg.train_fraction, len(val), device)
+    return (f"estimate: {trials} trials x {settings.epochs} epochs x {per_epoch:.1f} s/epoch (measured here, mid-space "
+            f"model) = {duration(trials * settings.epochs * per_epoch)} in one worker")
+
+
 def run_study(settings: TuneSettings, *, trials: int, storage: str = "sqlite:///tune.db", study_name: str | None = None,
               out: Path | None = None, sampler: str = "random", pruner: str = "none", heartbeat: int = 60,
               device: str = "auto", log=print) -> dict:
@@ -329,6 +341,7 @@ def run_study(settings: TuneSettings, *, trials: int, storage: str = "sqlite:///
 
     log(f"study {study_name!r} in {storage}: target {trials} finished trials of {settings.model}, "
         f"{settings.epochs} epochs each, {sampler} sampler, {pruner} pruner")
+    log(estimate_line(settings, trials, device))
     waiting_logged = False
     while True:
         with lock:

@@ -167,7 +167,9 @@ def print_summary(summary: list[dict], file=None, limit: int = 20) -> None:
 
 def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smooth: int = 1, progress: bool = True) -> dict:
     """Run the recognizer over a video; write the annotated mp4 (to out_path) and CSV rows (to the
-    open text file csv_file). Returns counts and "summary", the per-face list of Tracker.summary()."""
+    open text file csv_file). Returns counts and "summary", the per-face list of Tracker.summary(), plus
+    "announced", the header's frame count, when fewer frames could be read (a truncated file).
+    FerlabError when no frame can be read: out_path is then left as it was."""
     from tqdm import tqdm
 
     if every < 1 or smooth < 1:
@@ -208,7 +210,12 @@ def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smoot
             index += 1
             bar.update(1)
         bar.close()
+        if index == 0:   # e.g. a still image, which OpenCV opens as a one-frame "video" it then cannot read
+            raise FerlabError(f"{path}: no frames could be read as video (for photos use `ferlab predict`); "
+                              "nothing written")
         counts["frames"] = index
+        if total and index < total:
+            counts["announced"] = total
         if writer is not None:
             writer.release()
             writer = None
@@ -273,6 +280,9 @@ def run_video(args) -> int:
         except OSError as e:
             raise FerlabError(f"{summary_path}: cannot write ({e.strerror or e})") from None
     wrote = ", ".join(p for p in (args.out, args.csv if args.csv != "-" else None, summary_path) if p)
+    if counts.get("announced"):
+        print(f"ferlab video: warning: {args.input}: read {counts['frames']} of the {counts['announced']} frames its "
+              "header announces (truncated or damaged file); the outputs cover those", file=sys.stderr)
     print(f"ferlab video: {counts['frames']} frames, {counts['processed']} recognised, {counts['faces']} faces, "
           f"{len(counts['summary'])} face ids" + (f" -> {wrote}" if wrote else ""), file=sys.stderr)
     print_summary(counts["summary"])

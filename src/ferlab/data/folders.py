@@ -7,7 +7,8 @@ Class folder names are mapped through `labels.class_index` into a label space: "
 default), "ferplus8" (adds contempt) or "ckplus" (CK+'s 7 classes, with contempt, no neutral).
 Folders whose class is not in the label space (e.g. contempt under "fer2013", or "unknown") are
 skipped with one warning line on stderr. File names `S<subject>_<seq>_<frame>.<ext>` (CK+) give
-`groups` (the subject id, e.g. "S010") for subject-independent folds.
+`groups` (the subject id, e.g. "S010") for subject-independent folds. Symlinks that loop are
+skipped with one warning line.
 
 Decoded arrays are cached, keyed by the root's absolute path and a hash of the decoded files'
 names, sizes and mtimes, so the second load skips decoding.
@@ -34,23 +35,32 @@ _SUBJECT = re.compile(r"^(S\d+)_\d+_\d+$")
 _LOADER_VERSION = "folders-1"
 
 
-def _subdirs(path: Path) -> list[os.DirEntry]:
+def _is(entry: os.DirEntry, kind: str, loops: list[str]) -> bool:
+    """entry.is_dir() / is_file(); a symlink that loops is added to `loops` (reported by the caller)."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError:   # ELOOP: the symlink points (through others) back at itself
+        loops.append(entry.path)
+        return False
+
+
+def _subdirs(path: Path, loops: list[str]) -> list[os.DirEntry]:
     with os.scandir(path) as it:
-        return sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+        return sorted((e for e in it if not e.name.startswith(".") and _is(e, "dir", loops)), key=lambda e: e.name)
 
 
-def _images(folder: str) -> list[os.DirEntry]:
+def _images(folder: str, loops: list[str]) -> list[os.DirEntry]:
     with os.scandir(folder) as it:
-        return sorted((e for e in it if e.is_file() and not e.name.startswith(".")
-                       and e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
+        return sorted((e for e in it if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
+                       and _is(e, "file", loops)), key=lambda e: e.name)
 
 
-def _class_folders(root: Path) -> list[tuple[str, os.DirEntry]]:
+def _class_folders(root: Path, loops: list[str]) -> list[tuple[str, os.DirEntry]]:
     """(split name, class folder) pairs: split folders if root holds train/ (+ test/, val/), else "all"."""
-    top = _subdirs(root)
+    top = _subdirs(root, loops)
     names = [e.name.lower() for e in top]
     if top and "train" in names and all(n in SPLIT_FOLDERS for n in names):
-        return [(split.name.lower(), folder) for split in top for folder in _subdirs(Path(split.path))]
+        return [(split.name.lower(), folder) for split in top for folder in _subdirs(Path(split.path), loops)]
     return [("all", folder) for folder in top]
 
 
@@ -74,9 +84,9 @@ def load_image_folders(root, classes: str = "fer2013", cache_enabled: bool = Tru
     if not root.is_dir():
         raise FerlabError(f"{root}: no such directory")
     space = label_space(classes)
-    files, labels, splits, skipped = [], [], [], {}
-    for split, folder in _class_folders(root):
-        images = _images(folder.path)
+    files, labels, splits, skipped, loops = [], [], [], {}, []
+    for split, folder in _class_folders(root, loops):
+        images = _images(folder.path, loops)
         if not images:
             raise FerlabError(f"{folder.path}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
         label = class_index(folder.name, space)
@@ -91,6 +101,9 @@ def load_image_folders(root, classes: str = "fer2013", cache_enabled: bool = Tru
         hint = " (ckplus:DIR or ferplus8:DIR keeps contempt)" if any(canonical_name(n) == "contempt" for n in skipped) else ""
         print(f"ferlab: warning: {root}: skipped class folders not in the {classes} label space: {listed}{hint}",
               file=sys.stderr)
+    if loops:
+        shown = ", ".join(loops[:5]) + (f" and {len(loops) - 5} more" if len(loops) > 5 else "")
+        print(f"ferlab: warning: {root}: skipped {len(loops)} symlink(s) that loop back on themselves: {shown}", file=sys.stderr)
     if not files:
         raise FerlabError(f"{root}: no class folders with images of the {classes} classes "
                           f"(expected <root>/<class>/*.png or <root>/train/<class>/*.png; classes: {', '.join(space)})")

@@ -13,6 +13,8 @@ Spec syntax (what `--data` accepts everywhere; `ferlab train` also takes several
                               the 7 FER2013 classes, seeded stratified 90/5/5 split train/val/test
 """
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -134,15 +136,34 @@ def load_with_splits(spec, ferplus: str | None = None, seed: int = 0, folds: int
     return apply_random_split(data, seed=seed) if data.split_names() == ["all"] else data
 
 
+VALIDATION_SHARE = 0.1
+
+
+def carve_validation(data: FaceDataset, seed: int) -> FaceDataset:
+    """A data set whose only split is Training, with a seeded, class-stratified 10% of it as PublicTest
+    (validation); says so in one warning line."""
+    splits = stratified_split(data.labels, (1 - VALIDATION_SHARE, VALIDATION_SHARE), seed, names=("Training", "PublicTest"))
+    carved = replace(data, splits=splits, extra=dict(data.extra))
+    print(f"ferlab: warning: {data.source}: only a Training split; validating on a seeded {VALIDATION_SHARE:.0%} of it "
+          f"({int((splits == 'PublicTest').sum())} faces, --seed {seed}), and no test split", file=sys.stderr)
+    return carved
+
+
 def load_run_data(cfg):
     """(dataset, train, val, test-or-None) FaceDatasets for a training config (ferlab.train.TrainConfig:
     data, ferplus, seed, folds, fold, train/val/test_splits, train_fraction)."""
     data = load_with_splits(cfg.data, cfg.ferplus, cfg.seed, cfg.folds, cfg.fold)
     names = data.split_names()
+    carved = cfg.val_splits == "auto" and names == ["Training"]   # a FER2013 CSV of training rows only
+    if carved:
+        data = carve_validation(data, cfg.seed)
+        names = data.split_names()
     auto = default_splits(names)
     train_s = auto[0] if cfg.train_splits == "auto" else cfg.train_splits
     val_s = auto[1] if cfg.val_splits == "auto" else cfg.val_splits
     test_s = auto[2] if cfg.test_splits == "auto" else cfg.test_splits
+    if carved and cfg.test_splits == "auto":
+        test_s = ""
     if "sources" in data.extra:   # a mix splits every source train/val/test: FER2013's names say which part
         train_s, val_s, test_s = (",".join(dict.fromkeys(OFFICIAL_ROLES.get(n, n) for n in s.split(","))) if s else s
                                   for s in (train_s, val_s, test_s))

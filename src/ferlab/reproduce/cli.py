@@ -11,8 +11,8 @@ from ferlab.reproduce.core import PATH_ENV, Reproduction, default_paths
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paper", metavar="PAPER", help=", ".join(PAPERS))
-    p.add_argument("--budget", default="full", help="full (the paper's protocol; default) | cpu (a few hours on a "
-                   "2-core CPU) | smoke (for tests: 1-epoch tiny models)")
+    p.add_argument("--budget", help="full (the paper's protocol; the default with a GPU) | cpu (a few hours on a "
+                   "2-core CPU; the default without a GPU) | smoke (for tests: tiny models, 1-2 epochs)")
     p.add_argument("--data", help=f"FER2013 CSV (default: ${PATH_ENV['data']})")
     p.add_argument("--fergit", help=f"FERGIT spec fergit:FER2013_CSV,IMAGE_DIR (default: ${PATH_ENV['fergit']})")
     p.add_argument("--ckplus", help=f"CK+ folder tree (default: ${PATH_ENV['ckplus']})")
@@ -34,7 +34,19 @@ def resolve_paths(args) -> dict:
     return paths
 
 
+def pick_budget(budget: str | None) -> str:
+    """--budget as given, else full with a CUDA GPU and cpu without one (full takes days on a CPU)."""
+    if budget is not None:
+        return budget
+    import torch
+    return "full" if torch.cuda.is_available() else "cpu"
+
+
 def run(args) -> int:
+    if args.budget is None:
+        args.budget = pick_budget(None)
+        print(f"ferlab reproduce: --budget {args.budget} ({'a CUDA GPU is' if args.budget == 'full' else 'no CUDA GPU'} "
+              "available; pass --budget to choose)")
     if args.paper not in PAPERS:
         raise FerlabError(f"unknown paper {args.paper!r} (known: {', '.join(PAPERS)})")
     if args.budget not in ("full", "cpu", "smoke"):

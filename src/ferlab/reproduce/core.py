@@ -6,6 +6,7 @@ results into the claims table, so the claims can be tested on made-up results wi
 """
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from ferlab.evaluate import batchnorm_check, evaluate_models
 from ferlab.metrics import _savefig, classification_report
 from ferlab.models import count_parameters, create_model
 from ferlab.recipes import get_recipe
-from ferlab.train import TrainConfig, fit, open_run
+from ferlab.train import TrainConfig, duration, fit, measure_epoch_seconds, open_run
 
 # Where data paths come from when no option names them.
 PATH_ENV = {"data": "FERLAB_DATA", "fergit": "FERLAB_FERGIT", "ckplus": "FERLAB_CKPLUS"}
@@ -94,7 +95,19 @@ def recalibrated_note(runs: list[dict]) -> str:
 
 def budget_description(budget: str) -> str:
     return {"full": "the paper's protocol", "cpu": "reduced to finish on a 2-core CPU in a few hours",
-            "smoke": "test budget: 1-epoch runs of tiny models, numbers meaningless"}[budget]
+            "smoke": "test budget: tiny models trained for 1 epoch (li2023: one run of 2 epochs, read at 1 and 2), "
+                     "numbers meaningless"}[budget]
+
+
+def accuracy_verdict(before: float, after: float, n: int) -> str:
+    """Whether accuracy rose from `before` to `after` (both on n faces): "yes" / "no" only when the
+    difference exceeds the noise, two standard errors of a difference of two accuracies on n faces
+    (2 * sqrt(2 p (1 - p) / n), p their mean; at least one face), else "inconclusive"; with the numbers."""
+    p = min(max((before + after) / 2, 0.0), 1.0)
+    noise = max(2 * math.sqrt(2 * p * (1 - p) / max(n, 1)), 1 / max(n, 1))
+    diff = after - before
+    verdict = "yes" if diff > noise else "no" if diff < -noise else "inconclusive"
+    return f"{verdict}: {100 * diff:+.2f} points, noise ±{100 * noise:.2f} (2 s.e. on {n:,} faces)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +227,10 @@ class Reproduction:
                 atomic_write_text(done, json.dumps(result, indent=1))
             self.results[name] = result
             return result
-        self.log(f"[{name}] {'resuming' if resume else 'training'} {cfg.model} for {cfg.epochs} epochs -> {run}")
+        _, train, val, _ = load_run_data(cfg)
+        per_epoch = measure_epoch_seconds(cfg, len(train) / cfg.train_fraction, len(val), self.device)
+        self.log(f"[{name}] {'resuming' if resume else 'training'} {cfg.model} for {cfg.epochs} epochs -> {run} "
+                 f"(estimate: {cfg.epochs} epochs x {per_epoch:.1f} s/epoch measured here = {duration(cfg.epochs * per_epoch)})")
         fitted = fit(cfg, run, resume=resume, device=self.device, log=lambda m: self.log(f"  [{name}] {m}"))
         model = create_model(cfg.model, **cfg.model_kwargs)
         result = {"name": name, "run_dir": str(run), "model": cfg.model, "epochs": cfg.epochs,
