@@ -3,6 +3,7 @@ splits, subject-disjoint splits, FER+ targets in a mix, source weights, logit ad
 metrics, and the photometric augmentations. Tiny synthetic data only."""
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -13,10 +14,11 @@ import torch
 from ferlab.augment import (AUGMENT_PRESETS, apply_augment, gaussian_blur, get_augment, jpeg_compress,
                             sample_params)
 from ferlab.checkpoint import load_state
+from ferlab.cli import main as ferlab_main
 from ferlab.data import grouped_split, load_dataset, load_mix, load_run_data
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES
-from ferlab.train import TrainConfig, fit, train_command
+from ferlab.train import TrainConfig, fit, open_run, train_command
 from synthetic import synthetic_faces, write_csv
 
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
@@ -135,8 +137,9 @@ def tiny(data, **overrides) -> TrainConfig:
 
 def test_mix_trains_reports_each_source_and_recreates_its_command(sources, tmp_path):
     data = [sources["fer"], sources["wild"], sources["ck"]]
-    history = fit(tiny(data, epochs=8, source_weights="CK+48=3", logit_adjust=1.0, test_splits="PrivateTest"),
-                  tmp_path / "run", log=lambda *a: None).history
+    cfg = tiny(data, epochs=8, source_weights="CK+48=3", logit_adjust=1.0, test_splits="PrivateTest")
+    open_run(tmp_path / "run", cfg, resume=False)   # config.json, as `ferlab train` writes it
+    history = fit(cfg, tmp_path / "run", log=lambda *a: None).history
     last = history[-1]
     assert last["val_acc"] > 0.8   # separable toy faces (flips would swap their classes: no augmentation here)
     for name in ("fer2013", "wild", "CK+48"):
@@ -146,6 +149,9 @@ def test_mix_trains_reports_each_source_and_recreates_its_command(sources, tmp_p
     with open(tmp_path / "run" / "metrics.csv") as f:
         header = next(csv.reader(f))
     assert {"val_acc_fer2013", "val_acc_CK+48", "test_acc_wild"} <= set(header)
+    assert ferlab_main(["evaluate", str(tmp_path / "run"), "--out", str(tmp_path / "eval")]) == 0   # the mix's test parts
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["split"] == "test" and report["num_samples"] == int((load_mix(data).splits == "test").sum())
     command = train_command({**tiny(data).__dict__, "source_weights": "CK+48=3"})
     assert command.count("--data") == 3 and "ckplus:CK+48" in command and "--source-weights CK+48=3" in command
 

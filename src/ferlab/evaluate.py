@@ -29,7 +29,7 @@ import torch
 from ferlab.atomic import atomic_write_text, check_writable
 from ferlab.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from ferlab.checkpoint import check_same_classes, load_model, load_state, resolve_weights
-from ferlab.data import default_splits, load_run_data, load_with_splits
+from ferlab.data import data_names, default_splits, load_run_data, load_with_splits
 from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
 from ferlab.inference import batched_probs, model_forward
@@ -151,7 +151,7 @@ def run(args) -> int:
                   recalibrate_bn=args.recalibrate_bn or None,
                   seconds=round(seconds, 2), faces_per_s=round(len(subset) / max(seconds, 1e-9), 1))
     labels = f" with FER+ labels ({Path(args.ferplus).name})" if args.ferplus else ""
-    title = f"{report['model']} on {Path(args.data).name}{labels} {split} (TTA: {args.tta})"
+    title = f"{report['model']} on {data_names(args.data)}{labels} {split} (TTA: {args.tta})"
     if args.recalibrate_bn:
         title += f", BatchNorm statistics recomputed on {args.recalibrate_bn}"
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))

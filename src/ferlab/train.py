@@ -36,7 +36,7 @@ from ferlab.augment import AUGMENT_PRESETS, apply_augment, get_augment, mix_batc
 from ferlab.atomic import atomic_write_text, check_writable, remove_leftovers
 from ferlab.batchnorm import recalibrate_batchnorm
 from ferlab.checkpoint import load_model, load_state, load_weights, save_state, save_weights
-from ferlab.data import load_run_data
+from ferlab.data import data_names, load_run_data
 from ferlab.data.splits import check_fold
 from ferlab.device import autocast_dtype, describe_machine, resolve_device, to_input
 from ferlab.errors import FerlabError
@@ -458,13 +458,6 @@ def evaluate(model, images, labels, *, device, cfg: TrainConfig, class_weights=N
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_acc", "avg_val_acc", "avg_test_acc",
                   "time_s"]
-
-
-def data_names(data: str | list) -> str:
-    """A run's data by file name (where the files live differs per machine); a mix joined by " + "."""
-    specs = data if isinstance(data, list) else [data]
-    return " + ".join(spec.partition(":")[0] + ":" + Path(spec.partition(":")[2]).name
-                      if ":" in spec and not Path(spec).exists() else Path(spec).name for spec in specs)
 
 
 @dataclass(frozen=True)

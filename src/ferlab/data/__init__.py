@@ -10,12 +10,12 @@ subject k-fold), cache (.npz cache).
 from ferlab.data.dataset import FaceDataset
 from ferlab.data.fer2013 import apply_ferplus, load_fer2013_csv
 from ferlab.data.folders import load_image_folders
-from ferlab.data.load import load_dataset, load_fergit, load_mix, load_run_data, load_with_splits
+from ferlab.data.load import data_names, load_dataset, load_fergit, load_mix, load_run_data, load_with_splits
 from ferlab.data.splits import (apply_random_split, apply_subject_fold, default_splits, fraction_mask, grouped_split,
                                 stratified_split, subject_kfold)
 
 __all__ = [
     "FaceDataset", "load_dataset", "load_fer2013_csv", "apply_ferplus", "load_image_folders", "load_fergit",
     "stratified_split", "subject_kfold", "apply_random_split", "apply_subject_fold", "default_splits", "fraction_mask", "grouped_split",
-    "load_with_splits", "load_run_data", "load_mix",
+    "load_with_splits", "load_run_data", "load_mix", "data_names",
 ]

@@ -174,3 +174,10 @@ def load_run_data(cfg):
     if cfg.train_fraction < 1:
         train = train.subset(fraction_mask(train.labels, cfg.train_fraction, cfg.seed))
     return data, train, data.select(val_s), data.select(test_s) if test_s else None
+
+
+def data_names(data: str | list) -> str:
+    """A run's data by file name (where the files live differs per machine); a mix joined by " + "."""
+    specs = data if isinstance(data, list) else [data]
+    return " + ".join(spec.partition(":")[0] + ":" + Path(spec.partition(":")[2]).name
+                      if ":" in spec and not Path(spec).exists() else Path(spec).name for spec in specs)
