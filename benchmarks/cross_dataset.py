@@ -18,6 +18,10 @@ view, the second table scores every model on the same test parts.
 muxspace48 with CK+48 held out, and on FER2013 + CK+48 with muxspace48 held out, each `ferlab train
 ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores both next to the MODELs.
 
+--balance-prior also scores every run directory re-balanced for its training class prior
+(ferlab/prior.py: tau chosen on the run's own validation faces, never on a scored face), as
+`scripts/bundle_default.py --balance-prior` ships it.
+
 Reports accuracy, macro-F1 (over the classes present) and per-class recall; prints Markdown and
 writes it with a JSON copy to --out.
 """
@@ -40,6 +44,7 @@ from ferlab.data.mix import mix_splits, source_name, to_fer2013_classes  # noqa:
 from ferlab.evaluate import evaluate_models  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import classification_report  # noqa: E402
+from ferlab.prior import balance_for_run, rebalance  # noqa: E402
 
 SHORT = {"angry": "ang", "disgust": "dis", "fear": "fea", "happy": "hap", "sad": "sad", "surprise": "sur", "neutral": "neu"}
 
@@ -115,6 +120,7 @@ def main() -> int:
     p.add_argument("--tta", default="none", help="none, flip or tencrop")
     p.add_argument("--train", help="`ferlab train` options for the leave-one-data-set-out models (needs --runs)")
     p.add_argument("--runs", help="where the --train runs go (one subfolder per held-out source)")
+    p.add_argument("--balance-prior", action="store_true", help="also score each run directory re-balanced for its class prior")
     p.add_argument("--out", type=Path, default=Path("cross_dataset"), help="report folder (report.md, report.json)")
     a = p.parse_args()
     if a.train and not (a.runs and a.ckplus and a.muxspace):
@@ -123,24 +129,34 @@ def main() -> int:
 
     t0 = time.time()
     sets = evaluation_sets(a)
-    held_out, same_rows = [], []
+    variants = []   # (model spec, its name in the report, prior adjustment or None)
     for spec in models:
+        variants.append((spec, spec, None))
+        if a.balance_prior and (Path(spec).expanduser() / "config.json").is_file():
+            balance = balance_for_run(Path(spec).expanduser(), load_model(spec)[0])
+            variants.append((spec, f"{spec} balanced (tau {balance['tau']})", balance))
+            print(json.dumps({"model": spec, **balance}), flush=True)
+    held_out, same_rows = [], []
+    for spec, label, balance in variants:
+        def probs_of(images):
+            probs = evaluate_models([spec], images, tta=a.tta)[0]
+            return rebalance(probs, np.array(balance["prior"]), balance["tau"]) if balance else probs
         seen, seed = trained_sources(spec)
         for name, (data, test_part) in sets.items():
             if test_part is None:   # FER2013 PrivateTest: never trained on
-                probs = evaluate_models([spec], data.images, tta=a.tta)[0]
-                held_out.append({"set": name, "model": spec, "rows": "PrivateTest", **score(probs, data.labels)})
+                probs = probs_of(data.images)
+                held_out.append({"set": name, "model": label, "rows": "PrivateTest", **score(probs, data.labels)})
                 continue
             own = mix_splits(data, seed) == "test" if name in seen else np.ones(len(data), bool)
             scored = own | test_part   # a seen set: only its test parts need scoring
             probs = np.zeros((len(data), len(FER2013_CLASSES)), np.float32)
-            probs[scored] = evaluate_models([spec], data.images[scored], tta=a.tta)[0]
-            same_rows.append({"set": name, "model": spec, "rows": "seed-0 test part",
+            probs[scored] = probs_of(data.images[scored])
+            same_rows.append({"set": name, "model": label, "rows": "seed-0 test part",
                               **score(probs[test_part], data.labels[test_part])})
             if name in seen:   # only the faces its own split kept out of training and selection
-                held_out.append({"set": name, "model": spec, "rows": "seen: test part", **score(probs[own], data.labels[own])})
+                held_out.append({"set": name, "model": label, "rows": "seen: test part", **score(probs[own], data.labels[own])})
             else:
-                held_out.append({"set": name, "model": spec, "rows": "held out: all", **score(probs, data.labels)})
+                held_out.append({"set": name, "model": label, "rows": "held out: all", **score(probs, data.labels)})
             print(json.dumps(held_out[-1]), flush=True)
     held_out.sort(key=lambda r: list(sets).index(r["set"]))
     same_rows.sort(key=lambda r: list(sets).index(r["set"]))

@@ -2,6 +2,8 @@
 
     python scripts/bundle_default.py ~/ferlab-runs/fernet_s-r1 --data ../shared/data/fer2013/fer2013.csv.gz [--name default]
     python scripts/bundle_default.py ~/ferlab-runs/fernet_m-ferplus-ft --data ../shared/data/fer2013/fer2013.csv.gz --name ferplus
+    python scripts/bundle_default.py ~/ferlab-runs/general --data ../shared/data/fer2013/fer2013.csv.gz --name general \
+        --balance-prior auto --cross-dataset ~/ferlab-runs/xd-lodo/report.json
 
 A run trained on FER+ labels (`ferlab train --ferplus`) is scored against the FER+ majority labels
 of the votes file its config names.
@@ -15,7 +17,11 @@ minutes of training to first reach each PrivateTest accuracy when the run logged
 of its ONNX exports (fp32, and int8 as `ferlab export --quantize int8 --data` writes it) with the
 opset, preprocessing, classes. The int8 export itself ships too, as <name>-int8.onnx (+ its
 card <name>-int8.json): `Recognizer("default-int8")`; for "default" (or a name that has one) the
-fp32 export ships as <name>-fp32.onnx, which `Recognizer()` runs without torch. A run that
+fp32 export ships as <name>-fp32.onnx, which `Recognizer()` runs without torch. A run trained on a mix
+(`--data A --data B ...`) also gets each source's test-part accuracy, macro-F1 and per-class recall.
+--balance-prior folds a post-hoc logit adjustment into the weights before anything is measured
+(ferlab/prior.py; `auto` chooses tau on the run's validation faces); --cross-dataset copies the
+held-out rows of a benchmarks/cross_dataset.py report.json into the card. A run that
 started from (`--init`) or distilled from (`--teacher`) other models records their cards'
 training too, read before anything is overwritten: the total training cost includes theirs.
 """
@@ -38,6 +44,8 @@ from ferlab.onnxrt import OnnxModel
 from ferlab.metrics import classification_report, first_reached
 from ferlab.models import count_parameters
 from ferlab.data import load_with_splits
+from ferlab.data.mix import source_name
+from ferlab.prior import balance_for_run, fold_into_bias
 from ferlab.train import BestWeights, train_command
 
 
@@ -64,11 +72,27 @@ def parent_training(config: dict) -> dict:
     return parents
 
 
+def source_test_metrics(model, config: dict) -> dict:
+    """Accuracy, macro-F1 and per-class recall on each source's test part of a mix run (no TTA)."""
+    data = load_with_splits(config["data"], config.get("ferplus"), config.get("seed", 0))
+    test = data.select("test")
+    probs = predict_probs(model, test.images)
+    out = {}
+    for source in dict.fromkeys(test.origins):
+        rows = test.origins == source
+        r = classification_report(test.labels[rows], probs[rows].argmax(1), data.classes)
+        out[str(source)] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4), "num_samples": r["num_samples"],
+                            "recall": {c: round(m["recall"], 2) for c, m in r["per_class"].items() if m["support"]}}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
     p.add_argument("--data", required=True, help="the FER2013 CSV the run was trained on (its FER+ votes file, if any, comes from the run's config)")
     p.add_argument("--name", default="default")
+    p.add_argument("--balance-prior", metavar="auto|TAU", help="fold a post-hoc logit adjustment into the weights (ferlab/prior.py)")
+    p.add_argument("--cross-dataset", type=Path, metavar="REPORT_JSON", help="a benchmarks/cross_dataset.py report.json to copy into the card")
     a = p.parse_args()
 
     config = json.loads((a.run / "config.json").read_text())
@@ -78,6 +102,11 @@ def main() -> None:
     model, meta = load_model(str(a.run / "best.safetensors"))
     best = BestWeights.of_run(a.run)
     meta.pop("weights_path")
+    balance = None
+    if a.balance_prior:
+        balance = balance_for_run(a.run, model, None if a.balance_prior == "auto" else float(a.balance_prior))
+        fold_into_bias(model, np.array(balance["prior"]), balance["tau"])
+        meta["prior_adjustment"] = {"tau": balance["tau"]}
     with torch.no_grad():  # measure exactly what ships: the float16-rounded weights
         for tensor in model.state_dict().values():
             if tensor.is_floating_point():
@@ -92,6 +121,9 @@ def main() -> None:
         metrics[f"privatetest_tta_{tta}"] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4),
                                              "num_samples": r["num_samples"], "seconds": round(time.time() - t, 2)}
     metrics["onnx"] = onnx_accuracy(model, a.data, test)
+    mix = isinstance(config["data"], list) and len(config["data"]) > 1
+    if mix:
+        metrics["source_test_parts_tta_none"] = source_test_metrics(model, config)
     thresholds, train_labels, test_labels = (0.65, 0.68, 0.70, 0.71, 0.72), "", ""
     if config.get("ferplus"):   # FER+ labels: 8 classes, scored against the majority of the votes
         targets = "vote distributions" if config.get("targets") == "soft" else "majority labels"
@@ -108,9 +140,10 @@ def main() -> None:
         "classes": meta["classes"],
         "preprocessing": {"input": "grayscale face crop resized to 48x48 (INTER_AREA)", "scale": "pixels / 255 in [0, 1]",
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
-        "data": {"train": f"FER2013 {config['train_splits']} ({Path(config['data']).name}){train_labels}",
+        "data": {"train": (" + ".join(f"{source_name(s)} train part" for s in config["data"]) + train_labels if mix
+                           else f"FER2013 {config['train_splits']} ({Path(config['data']).name}){train_labels}"),
                  "selection": ("the last epoch (a fixed schedule; --select last)" if config.get("select") == "last"
-                               else f"best validation accuracy on {config['val_splits']}"
+                               else f"best validation accuracy on {'every source val part' if mix else config['val_splits']}"
                                + (" among the epochs and the running average of the later ones (--average-from "
                                   f"{config['average_from']})" if config.get("average_from") else "")),
                  "test": f"PrivateTest ({len(test):,} rows in ferlab's copy{test_labels})"},
@@ -121,8 +154,11 @@ def main() -> None:
                      "privatetest_reached_no_tta": reached,
                      "machine": meta.get("trained_on", "not recorded"),
                      **({"parents": parents} if parents else {})},
+        **({"prior_adjustment": balance} if balance else {}),
         "metrics": metrics,
-        "licence": "weights: MIT, trained by ferlab on FER2013 (research data set; check its terms for your use)",
+        **({"cross_dataset": json.loads(a.cross_dataset.read_text())["held_out"]} if a.cross_dataset else {}),
+        "licence": ("weights: MIT, trained by ferlab on " + (", ".join(source_name(s) for s in config["data"]) if mix else "FER2013")
+                    + " (research data sets; check their terms for your use)"),
     }
     WEIGHTS_DIR.mkdir(exist_ok=True)
     save_weights(WEIGHTS_DIR / f"{a.name}.safetensors", model, meta, float_dtype=torch.float16)
