@@ -13,6 +13,7 @@ Shared by the Recognizer, `ferlab predict`, `ferlab video`, the HTTP service and
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import warnings
@@ -51,16 +52,7 @@ def load_image(path) -> tuple[np.ndarray, float]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                im = Image.open(path)
-            except Image.DecompressionBombError:
-                if not is_jpeg:
-                    raise
-                im = JpegImagePlugin.JpegImageFile(path)  # header only; decoded below at reduced scale
-            full_w, full_h = im.size
-            if is_jpeg and im.format in ("JPEG", "MPO") and max(full_w, full_h) >= 2 * JPEG_MIN_SIDE:
-                s = JPEG_MIN_SIDE / max(full_w, full_h)  # draft picks the smallest scale at least this big
-                im.draft("RGB", (int(full_w * s), int(full_h * s)))
+            im, (full_w, full_h) = open_drafted(path, is_jpeg)
             if limit and im.size[0] * im.size[1] > limit:
                 raise FerlabError(f"{path}: image is {full_w}x{full_h} ({full_w * full_h / 1e6:.0f} MP), above the "
                                   f"{limit / 1e6:.0f} MP decoding limit (PIL.Image.MAX_IMAGE_PIXELS); downscale it first")
@@ -81,6 +73,26 @@ def load_image(path) -> tuple[np.ndarray, float]:
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise FerlabError(f"{path}: truncated or corrupt image ({msg})") from None
     return pixels, scale
+
+
+def open_drafted(source, is_jpeg: bool):
+    """(the image with only its header read, its full (width, height)): a JPEG whose longest side is
+    2 * JPEG_MIN_SIDE or more set to decode at the smallest DCT scale (1/2, 1/4, 1/8) keeping it >=
+    JPEG_MIN_SIDE, even one above Pillow's decompression-bomb limit. source: a path or the file's bytes.
+    Raises Image.DecompressionBombError for any other image above that limit."""
+    def fp():
+        return io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        im = Image.open(fp())
+    except Image.DecompressionBombError:
+        if not is_jpeg:
+            raise
+        im = JpegImagePlugin.JpegImageFile(fp())  # header only: maybe it drafts small enough
+    full_w, full_h = im.size
+    if is_jpeg and im.format in ("JPEG", "MPO") and max(full_w, full_h) >= 2 * JPEG_MIN_SIDE:
+        s = JPEG_MIN_SIDE / max(full_w, full_h)  # draft picks the smallest scale at least this big
+        im.draft("RGB", (int(full_w * s), int(full_h * s)))
+    return im, (full_w, full_h)
 
 
 def pil_to_rgb(im) -> np.ndarray:

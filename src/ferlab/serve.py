@@ -37,7 +37,6 @@ fp32 here (see predict.Recognizer's backend).
 import argparse
 import contextlib
 from html import escape as plain
-import io
 import ipaddress
 import json
 import logging
@@ -51,10 +50,10 @@ import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageOps
 
 from ferlab.errors import FerlabError
-from ferlab.images import JPEG_MIN_SIDE, load_image, pil_to_rgb
+from ferlab.images import load_image, open_drafted, pil_to_rgb
 from ferlab.recognizer import Recognizer, add_model_arguments, model_specs, recognizer_from_args
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -116,7 +115,7 @@ def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6, large_lock=Non
     - The header is read first; an image that would decode to more than max_pixels is a 413 before
       any pixel is decoded. A JPEG counts after draft decoding: one with a longest side of 5120 or
       more decodes at the smallest DCT scale (1/2, 1/4, 1/8) keeping it >= 2560, as
-      predict.load_image does, so a huge JPEG is accepted when 1/8 of it fits.
+      images.open_drafted does for files, so a huge JPEG is accepted when 1/8 of it fits.
     - Any other format decodes at full size (Pillow decodes none of the common ones at reduced
       scale), then is reduced at once by an integer factor to a longest side of at most 2560, before
       the colour conversions: the detector works at 1280 anyway. Its peak is the decoded image plus
@@ -133,15 +132,9 @@ def decode(data: bytes, max_pixels: float = MAX_MEGAPIXELS * 1e6, large_lock=Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                im = Image.open(io.BytesIO(data))  # header only
-            except Image.DecompressionBombError:  # above 2x Pillow's MAX_IMAGE_PIXELS
-                if not is_jpeg:
-                    raise ApiError(413, f"image is above Pillow's decoding limit and this server's {limit_mp} limit") from None
-                im = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # header only: maybe it drafts small enough
-            full_w, full_h = im.size
-            if im.format in ("JPEG", "MPO") and max(full_w, full_h) >= 2 * JPEG_MIN_SIDE:
-                s = JPEG_MIN_SIDE / max(full_w, full_h)  # draft picks the smallest scale at least this big
-                im.draft("RGB", (int(full_w * s), int(full_h * s)))
+                im, (full_w, full_h) = open_drafted(data, is_jpeg)
+            except Image.DecompressionBombError:  # above 2x Pillow's MAX_IMAGE_PIXELS, not a JPEG
+                raise ApiError(413, f"image is above Pillow's decoding limit and this server's {limit_mp} limit") from None
             w, h = im.size  # what will be decoded
             if w * h > max_pixels:
                 drafted = f", {w}x{h} at the smallest JPEG scale" if (w, h) != (full_w, full_h) else ""
