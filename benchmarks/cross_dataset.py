@@ -15,7 +15,7 @@ and selection never saw (data/mix.py, the run's seed), and is marked "seen". For
 view, the second table scores every model on the same test parts.
 
 --train ARGS trains one model per held-out source first (leave-one-data-set-out): on FER2013 +
-muxspace48 with CK+48 held out, and on FER2013 + CK+48 with muxspace48 held out, each `ferlab train
+CK+48 with muxspace48 held out, and on FER2013 + muxspace48 with CK+48 held out, each `ferlab train
 ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores both next to the MODELs.
 
 --balance-prior also scores every run directory re-balanced for its training class prior
@@ -94,7 +94,8 @@ def markdown(title: str, rows: list[dict]) -> str:
 
 def train_lodo(a) -> list[str]:
     """One run per held-out source (see module doc); returns the run directories."""
-    folds = {"CK+48": [a.fer2013, a.muxspace], "muxspace48": [a.fer2013, f"ckplus:{a.ckplus}"]}
+    folds = {"muxspace48": [a.fer2013, f"ckplus:{a.ckplus}"],   # the smaller training set first
+             "CK+48": [a.fer2013, a.muxspace]}
     runs = []
     for held_out, specs in folds.items():
         out = Path(a.runs).expanduser() / held_out
