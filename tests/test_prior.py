@@ -85,13 +85,13 @@ def test_fold_into_bias_refuses_a_model_without_a_class_layer():
 
 def test_balance_for_run_reads_the_training_prior_and_scores_each_tau(make_toy_csv, tmp_path):
     cfg = TrainConfig(model="fernet_s", model_kwargs={"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]},
-                      data=str(make_toy_csv()), epochs=1, batch_size=64, optimizer="adam", lr=3e-3, seed=0)
+                      data=str(make_toy_csv(140, 70, 14)), epochs=1, batch_size=64, optimizer="adam", lr=3e-3, seed=0)
     open_run(tmp_path / "run", cfg, resume=False)
     fit(cfg, tmp_path / "run", log=lambda *a: None)
     model, _ = load_model(str(tmp_path / "run"))
     balance = balance_for_run(tmp_path / "run", model)
-    _, labels = synthetic_faces(700, seed=0)   # the toy CSV's faces: its first 420 rows are Training
-    np.testing.assert_allclose(balance["prior"], np.bincount(labels[:420], minlength=7) / 420, atol=1e-6)
+    _, labels = synthetic_faces(224, seed=0)   # the toy CSV's faces: its first 140 rows are Training
+    np.testing.assert_allclose(balance["prior"], np.bincount(labels[:140], minlength=7) / 140, atol=1e-6)
     assert balance["tau"] in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
     assert len(balance["val_mean_source_macro_f1"]) == 9 and json.dumps(balance)
     assert balance_for_run(tmp_path / "run", model, tau=0.3)["tau"] == 0.3
