@@ -12,19 +12,28 @@ from ferlab.labels import FER2013_CLASSES
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory, astronaut):
-    """An 8-frame 10 fps mp4 of the astronaut drifting right (1 face per frame), 320x240."""
-    path = tmp_path_factory.mktemp("video") / "astronaut.mp4"
-    face = cv2.cvtColor(cv2.resize(astronaut, (240, 240)), cv2.COLOR_RGB2BGR)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (320, 240))
+def write_mp4(path, frames) -> str:
+    """frames (BGR uint8 arrays of one size) -> a 10 fps mp4 at path."""
+    frames = list(frames)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (w, h))
     assert writer.isOpened()
-    for i in range(8):
-        frame = np.full((240, 320, 3), 90, np.uint8)
-        frame[:, 5 * i:5 * i + 240] = face
+    for frame in frames:
         writer.write(frame)
     writer.release()
     return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory, astronaut):
+    """An 8-frame 10 fps mp4 of the astronaut drifting right (1 face per frame), 320x240."""
+    face = cv2.cvtColor(cv2.resize(astronaut, (240, 240)), cv2.COLOR_RGB2BGR)
+
+    def frame(i):
+        out = np.full((240, 320, 3), 90, np.uint8)
+        out[:, 5 * i:5 * i + 240] = face
+        return out
+    return write_mp4(tmp_path_factory.mktemp("video") / "astronaut.mp4", map(frame, range(8)))
 
 
 
@@ -99,18 +108,15 @@ def test_tracker_ids_survive_reordering_and_a_missed_frame():
 def two_faces(tmp_path_factory, astronaut):
     """A 10-frame 10 fps 480x240 mp4 of two astronauts drifting towards each other; the right
     one is hidden on frame 4 (a blank patch) and is back on frame 5."""
-    path = tmp_path_factory.mktemp("video") / "two.mp4"
     face = cv2.cvtColor(cv2.resize(astronaut, (200, 200)), cv2.COLOR_RGB2BGR)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (480, 240))
-    assert writer.isOpened()
-    for i in range(10):
-        frame = np.full((240, 480, 3), 90, np.uint8)
-        frame[20:220, 4 * i:4 * i + 200] = face
+
+    def frame(i):
+        out = np.full((240, 480, 3), 90, np.uint8)
+        out[20:220, 4 * i:4 * i + 200] = face
         if i != 4:
-            frame[20:220, 276 - 4 * i:476 - 4 * i] = face[:, ::-1]
-        writer.write(frame)
-    writer.release()
-    return path
+            out[20:220, 276 - 4 * i:476 - 4 * i] = face[:, ::-1]
+        return out
+    return write_mp4(tmp_path_factory.mktemp("video") / "two.mp4", map(frame, range(10)))
 
 
 def test_video_face_ids_and_summary(cli, capsys, two_faces, fernet_weights, tmp_path):
