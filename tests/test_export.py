@@ -236,7 +236,7 @@ def test_bad_onnx_models_are_one_line_errors(cli, capsys, exported, tmp_path):
         load_init_weights(create_model("fernet_s"), TrainConfig(model="fernet_s", data="x.csv", init=str(exported[0])), FER2013_CLASSES)
 
 
-@pytest.mark.parametrize("name", ["default", "ferplus"])
+@pytest.mark.parametrize("name", ["default", "ferplus", "general"])
 def test_bundled_int8_export_agrees_with_its_model(astronaut, name):
     """A shipped int8 export: same model and classes as its fp32 model, same reading of a real smile."""
     from ferlab.checkpoint import WEIGHTS_DIR

@@ -363,7 +363,8 @@ def test_demo(cli, capsys, fernet_weights, tmp_path, monkeypatch):
     assert code == 2 and "bundled default model is missing" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name, classes, test_rows", [("default", FER2013_CLASSES, 3573), ("ferplus", FERPLUS8_CLASSES, 3375)])
+@pytest.mark.parametrize("name, classes, test_rows", [("default", FER2013_CLASSES, 3573), ("ferplus", FERPLUS8_CLASSES, 3375),
+                                                       ("general", FER2013_CLASSES, 3573)])
 def test_bundled_model_matches_its_card_and_reads_a_real_smile(astronaut, name, classes, test_rows):
     """The shipped weights: the card describes them, and the astronaut's smile reads as happy."""
     from ferlab.checkpoint import WEIGHTS_DIR
@@ -376,6 +377,8 @@ def test_bundled_model_matches_its_card_and_reads_a_real_smile(astronaut, name, 
         faces = rec.predict(astronaut)
     assert len(faces) == 1 and faces[0]["label"] == "happy" and faces[0]["confidence"] > 0.5
     assert card["metrics"]["privatetest_tta_none"]["num_samples"] == test_rows
+    if name == "general":   # trained on a mix: the card scores each source's test part
+        assert set(card["metrics"]["source_test_parts_tta_none"]) == {"fer2013", "muxspace48", "CK+48"}
 
 
 def test_float16_weights_load_into_a_float32_model(tmp_path):

@@ -3,7 +3,7 @@ the Recognizer resolves names before it knows whether a model needs PyTorch.
 
 Bundled under ferlab/weights: `default` (default.safetensors, PyTorch weights, and its fp32 ONNX
 export default-fp32.onnx, which `pip install ferlab` runs without torch), `default-int8` (its int8
-ONNX export), `ferplus` and `ferplus-int8`.
+ONNX export), `ferplus`, `ferplus-int8`, `general` and `general-int8`.
 """
 
 from pathlib import Path
