@@ -43,7 +43,7 @@ from ferlab.data import load_dataset  # noqa: E402
 from ferlab.data.mix import mix_splits, source_name, to_fer2013_classes  # noqa: E402
 from ferlab.evaluate import evaluate_models  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
-from ferlab.metrics import classification_report  # noqa: E402
+from ferlab.metrics import summary  # noqa: E402
 from ferlab.prior import balance_for_run, rebalance  # noqa: E402
 
 SHORT = {"angry": "ang", "disgust": "dis", "fear": "fea", "happy": "hap", "sad": "sad", "surprise": "sur", "neutral": "neu"}
@@ -74,19 +74,12 @@ def trained_sources(spec: str) -> tuple[set, int]:
     return {source_name(s) for s in ([data] if isinstance(data, str) else data)}, int(config.get("seed", 0))
 
 
-def score(probs: np.ndarray, labels: np.ndarray) -> dict:
-    report = classification_report(labels, probs.argmax(1), FER2013_CLASSES)
-    present = [c for c in FER2013_CLASSES if report["per_class"][c]["support"]]
-    return {"faces": report["num_samples"], "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
-            "recall": {c: report["per_class"][c]["recall"] for c in present}}
-
-
 def markdown(title: str, rows: list[dict]) -> str:
     classes = [c for c in FER2013_CLASSES if any(c in r["recall"] for r in rows)]
     head = ["set", "model", "rows", "faces", "accuracy", "macro-F1"] + [f"{SHORT[c]} R" for c in classes]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["set"], r["model"], r["rows"], str(r["faces"]), f"{r['accuracy']:.2%}", f"{r['macro_f1']:.2%}"]
+        cells = [r["set"], r["model"], r["rows"], str(r["num_samples"]), f"{r['accuracy']:.2%}", f"{r['macro_f1']:.2%}"]
         cells += [f"{r['recall'][c]:.2f}" if c in r["recall"] else "-" for c in classes]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -130,35 +123,33 @@ def main() -> int:
 
     t0 = time.time()
     sets = evaluation_sets(a)
-    variants = []   # (model spec, its name in the report, prior adjustment or None)
+    held_out, same_rows = [], []
     for spec in models:
-        variants.append((spec, spec, None))
+        variants = [(spec, None)]   # (its name in the report, prior adjustment or None)
         if a.balance_prior and (Path(spec).expanduser() / "config.json").is_file():
             balance = balance_for_run(Path(spec).expanduser(), load_model(spec)[0])
-            variants.append((spec, f"{spec} balanced (tau {balance['tau']})", balance))
+            variants.append((f"{spec} balanced (tau {balance['tau']})", balance))
             print(json.dumps({"model": spec, **balance}), flush=True)
-    held_out, same_rows = [], []
-    for spec, label, balance in variants:
-        def probs_of(images):
-            probs = evaluate_models([spec], images, tta=a.tta)[0]
-            return rebalance(probs, np.array(balance["prior"]), balance["tau"]) if balance else probs
         seen, seed = trained_sources(spec)
         for name, (data, test_part) in sets.items():
+            # (table, its rows column, which faces): a set the model never trained on counts whole; of a
+            # seen set only the faces its own split kept out of training and selection count as held out
             if test_part is None:   # FER2013 PrivateTest: never trained on
-                probs = probs_of(data.images)
-                held_out.append({"set": name, "model": label, "rows": "PrivateTest", **score(probs, data.labels)})
-                continue
-            own = mix_splits(data, seed) == "test" if name in seen else np.ones(len(data), bool)
-            scored = own | test_part   # a seen set: only its test parts need scoring
-            probs = np.zeros((len(data), len(FER2013_CLASSES)), np.float32)
-            probs[scored] = probs_of(data.images[scored])
-            same_rows.append({"set": name, "model": label, "rows": "seed-0 test part",
-                              **score(probs[test_part], data.labels[test_part])})
-            if name in seen:   # only the faces its own split kept out of training and selection
-                held_out.append({"set": name, "model": label, "rows": "seen: test part", **score(probs[own], data.labels[own])})
+                parts = [(held_out, "PrivateTest", np.ones(len(data), bool))]
             else:
-                held_out.append({"set": name, "model": label, "rows": "held out: all", **score(probs, data.labels)})
-            print(json.dumps(held_out[-1]), flush=True)
+                own = mix_splits(data, seed) == "test" if name in seen else np.ones(len(data), bool)
+                parts = [(same_rows, "seed-0 test part", test_part),
+                         (held_out, "seen: test part" if name in seen else "held out: all", own)]
+            scored = np.logical_or.reduce([mask for _, _, mask in parts])
+            model_probs = evaluate_models([spec], data.images[scored], tta=a.tta)[0]
+            for label, balance in variants:
+                pred = np.zeros(len(data), np.int64)
+                probs = rebalance(model_probs, np.array(balance["prior"]), balance["tau"]) if balance else model_probs
+                pred[scored] = probs.argmax(1)
+                for table, rows, mask in parts:
+                    table.append({"set": name, "model": label, "rows": rows,
+                                  **summary(data.labels[mask], pred[mask], FER2013_CLASSES)})
+                print(json.dumps(held_out[-1]), flush=True)
     held_out.sort(key=lambda r: list(sets).index(r["set"]))
     same_rows.sort(key=lambda r: list(sets).index(r["set"]))
     text = (f"## Cross-dataset report (TTA {a.tta}; {time.time() - t0:.0f} s)\n\n"

@@ -41,7 +41,7 @@ from ferlab.evaluate import predict_probs
 from ferlab.export import DEFAULT_OPSET, dataset_faces, export_model, quantize_int8, to_onnx
 from ferlab.inference import batched_probs
 from ferlab.onnxrt import OnnxModel
-from ferlab.metrics import classification_report, first_reached
+from ferlab.metrics import classification_report, first_reached, summary
 from ferlab.models import count_parameters
 from ferlab.data import load_with_splits
 from ferlab.data.mix import source_name
@@ -80,9 +80,7 @@ def source_test_metrics(model, config: dict) -> dict:
     out = {}
     for source in dict.fromkeys(test.origins):
         rows = test.origins == source
-        r = classification_report(test.labels[rows], probs[rows].argmax(1), data.classes)
-        out[str(source)] = {"accuracy": round(r["accuracy"], 4), "macro_f1": round(r["macro_f1"], 4), "num_samples": r["num_samples"],
-                            "recall": {c: round(m["recall"], 2) for c, m in r["per_class"].items() if m["support"]}}
+        out[str(source)] = summary(test.labels[rows], probs[rows].argmax(1), data.classes)
     return out
 
 

@@ -103,6 +103,15 @@ def test_confusion_matrix_and_report():
     assert "| b | 0.67 | 1.00 | 0.80 | 2 |" in md
 
 
+def test_summary_keeps_only_the_classes_with_faces():
+    from ferlab.metrics import summary
+
+    # CK+-like rows: class "c" has no faces, so it has no recall and does not drag macro-F1 down
+    s = summary(np.array([0, 0, 0, 1]), np.array([0, 0, 2, 1]), ["a", "b", "c"])
+    assert s == {"accuracy": 0.75, "macro_f1": round(np.mean([0.8, 1.0]), 4), "num_samples": 4,
+                 "recall": {"a": 0.67, "b": 1.0}}
+
+
 def test_first_reached_counts_minutes_up_to_the_first_epoch_at_each_threshold():
     from ferlab.metrics import first_reached
 
