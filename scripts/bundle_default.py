@@ -19,8 +19,10 @@ opset, preprocessing, classes. The int8 export itself ships too, as <name>-int8.
 card <name>-int8.json): `Recognizer("default-int8")`; for "default" (or a name that has one) the
 fp32 export ships as <name>-fp32.onnx, which `Recognizer()` runs without torch. A run trained on a mix
 (`--data A --data B ...`) also gets each source's test-part accuracy, macro-F1 and per-class recall.
---balance-prior folds a post-hoc logit adjustment into the weights before anything is measured
-(ferlab/prior.py; `auto` chooses tau on the run's validation faces); --cross-dataset copies the
+--interpolate moves the weights part of the way back to the run's --init model, BatchNorm statistics
+recomputed (ferlab/interpolate.py; `auto` chooses alpha on the run's validation faces), and
+--balance-prior folds a post-hoc logit adjustment into them (ferlab/prior.py; `auto` chooses tau on
+the run's validation faces), both before anything is measured; --cross-dataset copies the
 held-out rows of a benchmarks/cross_dataset.py report.json into the card. A run that
 started from (`--init`) or distilled from (`--teacher`) other models records their cards'
 training too, read before anything is overwritten: the total training cost includes theirs.
@@ -45,6 +47,7 @@ from ferlab.metrics import classification_report, first_reached, summary
 from ferlab.models import count_parameters
 from ferlab.data import load_with_splits
 from ferlab.data.mix import source_name
+from ferlab.interpolate import interpolate_run
 from ferlab.prior import balance_for_run, fold_into_bias
 from ferlab.train import BestWeights, train_command
 
@@ -89,6 +92,7 @@ def main() -> None:
     p.add_argument("run", type=Path)
     p.add_argument("--data", required=True, help="the FER2013 CSV the run was trained on (its FER+ votes file, if any, comes from the run's config)")
     p.add_argument("--name", default="default")
+    p.add_argument("--interpolate", metavar="auto|ALPHA", help="move the weights part of the way back to the run's --init model (ferlab/interpolate.py)")
     p.add_argument("--balance-prior", metavar="auto|TAU", help="fold a post-hoc logit adjustment into the weights (ferlab/prior.py)")
     p.add_argument("--cross-dataset", type=Path, metavar="REPORT_JSON", help="a benchmarks/cross_dataset.py report.json to copy into the card")
     a = p.parse_args()
@@ -100,6 +104,10 @@ def main() -> None:
     model, meta = load_model(str(a.run / "best.safetensors"))
     best = BestWeights.of_run(a.run)
     meta.pop("weights_path")
+    line = None
+    if a.interpolate:
+        line = interpolate_run(a.run, model, None if a.interpolate == "auto" else float(a.interpolate))
+        meta["interpolation"] = {"alpha": line["alpha"], "start": line["start"]}
     balance = None
     if a.balance_prior:
         balance = balance_for_run(a.run, model, None if a.balance_prior == "auto" else float(a.balance_prior))
@@ -152,6 +160,7 @@ def main() -> None:
                      "privatetest_reached_no_tta": reached,
                      "machine": meta.get("trained_on", "not recorded"),
                      **({"parents": parents} if parents else {})},
+        **({"interpolation": line} if line else {}),
         **({"prior_adjustment": balance} if balance else {}),
         "metrics": metrics,
         **({"cross_dataset": json.loads(a.cross_dataset.read_text())["held_out"]} if a.cross_dataset else {}),

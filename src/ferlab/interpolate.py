@@ -1,0 +1,97 @@
+"""Weight interpolation between a fine-tuned model and the model it started from (WiSE-FT,
+Wortsman et al. 2022): a model that learns new kinds of faces without forgetting FER2013.
+
+Fine-tuning `default` on FER2013 + muxspace48 + CK+48 teaches it the new sources but costs about
+1.8 points of FER2013 accuracy. The weights on the straight line between the two models keep most
+of what the fine-tune learned and what the start knew: (1 - alpha) * start + alpha * fine-tuned.
+Blending two models' BatchNorm statistics does not give the statistics of the blended model, so
+they are recomputed on the run's training faces (ferlab.batchnorm).
+
+alpha is chosen on validation faces only: among the alphas where no source's validation accuracy
+falls below the starting model's, the one with the best mean over the sources of their validation
+macro-F1 (so a small source counts as much as FER2013).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ferlab.batchnorm import recalibrate_batchnorm
+from ferlab.checkpoint import load_model
+from ferlab.data import load_run_data
+from ferlab.errors import FerlabError
+from ferlab.evaluate import predict_probs
+from ferlab.metrics import summary
+from ferlab.train import TrainConfig
+
+ALPHA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+BN_FACES = 4000   # training faces the BatchNorm statistics are recomputed on
+
+
+def interpolate(start: dict, end: dict, alpha: float) -> dict:
+    """(1 - alpha) * start + alpha * end for every float tensor; counters (num_batches_tracked) from end."""
+    if start.keys() != end.keys():
+        raise FerlabError("cannot interpolate between models of different architectures "
+                          f"(tensors only in one: {sorted(start.keys() ^ end.keys())[:3]})")
+    return {k: (start[k].float() * (1 - alpha) + end[k].float() * alpha).to(end[k].dtype) if end[k].is_floating_point()
+            else end[k] for k in end}
+
+
+def source_scores(model, val) -> dict:
+    """{source: (accuracy, macro-F1)} of a model on validation faces (one source when they have no origins)."""
+    pred = predict_probs(model, val.images).argmax(1)
+    origins = val.origins if val.origins is not None else np.full(len(val), "all")
+    return {str(o): tuple(summary(val.labels[origins == o], pred[origins == o], val.classes)[k]
+                          for k in ("accuracy", "macro_f1"))
+            for o in dict.fromkeys(origins)}
+
+
+def choose_alpha(scores: dict, start: dict) -> float | None:
+    """The alpha of `scores` ({alpha: source_scores}) whose every source keeps at least the start's
+    validation accuracy, with the best mean source macro-F1 (ties: the smaller alpha); None if none keeps it."""
+    keeps = [alpha for alpha, s in scores.items() if all(s[src][0] >= start[src][0] for src in start)]
+    return max(keeps, key=lambda alpha: (round(float(np.mean([f1 for _, f1 in scores[alpha].values()])), 6), -alpha),
+               default=None)
+
+
+class WeightLine:
+    """The straight line between a run's --init model and `model`, the run's selected weights
+    (moved in place by move_to), with what choosing a point on it needs: the run's validation faces
+    and the start's scores on them."""
+
+    def __init__(self, run: Path, model: torch.nn.Module):
+        cfg = TrainConfig(**json.loads((Path(run) / "config.json").read_text()))
+        if not cfg.init:
+            raise FerlabError(f"{run}: the run did not start from a model (--init), so there is nothing to interpolate from")
+        _, train, self.val, _ = load_run_data(cfg)
+        start_model = load_model(cfg.init)[0]
+        self.run, self.model, self.start_name = run, model, cfg.init
+        self.start_scores = source_scores(start_model, self.val)
+        self.start = {k: v.clone() for k, v in start_model.state_dict().items()}
+        self.end = {k: v.clone() for k, v in model.state_dict().items()}   # clones: load_state_dict writes into these
+        self.bn_faces = train.images[np.random.default_rng(cfg.seed).choice(len(train), min(BN_FACES, len(train)), replace=False)]
+
+    def move_to(self, alpha: float, recalibrate: bool = True) -> torch.nn.Module:
+        self.model.load_state_dict(interpolate(self.start, self.end, alpha))
+        if recalibrate:
+            recalibrate_batchnorm(self.model, self.bn_faces)
+        return self.model.eval()
+
+
+def interpolate_run(run: Path, model: torch.nn.Module, alpha: float | None = None) -> dict:
+    """Move `model` (the run's selected weights, in place) to the chosen point between the run's --init
+    model and itself, BatchNorm statistics recomputed; returns what was chosen and the validation scores."""
+    line = WeightLine(run, model)
+    scores = {a: source_scores(line.move_to(a), line.val) for a in (ALPHA_GRID if alpha is None else (alpha,))}
+    chosen = choose_alpha(scores, line.start_scores) if alpha is None else alpha
+    if chosen is None:
+        raise FerlabError(f"{run}: no alpha in {ALPHA_GRID} keeps every source's validation accuracy at "
+                          f"{line.start_name}'s; pass one explicitly")
+    line.move_to(chosen)
+    return {"alpha": chosen, "start": line.start_name, "bn_faces": len(line.bn_faces),
+            "selection": "every source's validation accuracy at least the start's, then the best mean source macro-F1"
+            if alpha is None else "given",
+            "val_start": {s: list(v) for s, v in line.start_scores.items()},
+            "val_scores": {str(a): {s: list(v) for s, v in sc.items()} for a, sc in scores.items()}}
