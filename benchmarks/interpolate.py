@@ -42,11 +42,12 @@ def main() -> int:
     p.add_argument("--ckplus")
     p.add_argument("--muxspace")
     p.add_argument("--alphas", default=",".join(str(a) for a in ALPHA_GRID))
+    p.add_argument("--start", help="the run's --init weights under another name or path (if a bundle has since replaced them)")
     p.add_argument("--keep-bn", action="store_true", help="blend the BatchNorm statistics too instead of recomputing them")
     p.add_argument("--out", type=Path, help="JSON lines file (default: RUN/interpolate.jsonl)")
     a = p.parse_args()
 
-    line = WeightLine(a.run, load_model(str(a.run))[0])
+    line = WeightLine(a.run, load_model(str(a.run))[0], a.start)
     seen, seed = trained_sources(str(a.run))
     scored = {}
     for name, (faces, test_part) in evaluation_sets(a).items():

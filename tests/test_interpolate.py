@@ -6,7 +6,7 @@ import torch
 
 from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
-from ferlab.interpolate import ALPHA_GRID, choose_alpha, interpolate, interpolate_run
+from ferlab.interpolate import ALPHA_GRID, WeightLine, choose_alpha, interpolate, interpolate_run
 from ferlab.train import TrainConfig, fit, open_run
 
 
@@ -60,10 +60,13 @@ def test_interpolate_run_moves_a_run_toward_its_start(make_toy_csv, fernet_weigh
     assert all(val[s][0] >= auto["val_start"][s][0] for s in val)
 
 
-def test_interpolate_run_needs_a_run_that_started_from_a_model(make_toy_csv, tmp_path):
+def test_interpolate_run_needs_a_run_that_started_from_a_model(make_toy_csv, fernet_weights, tmp_path):
     cfg = TrainConfig(model="fernet_s", model_kwargs={"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]},
                       data=str(make_toy_csv(140, 70, 14)), epochs=1, batch_size=64, seed=0)
     open_run(tmp_path / "run", cfg, resume=False)
     fit(cfg, tmp_path / "run", log=lambda *a: None)
     with pytest.raises(FerlabError, match="did not start from a model"):
         interpolate_run(tmp_path / "run", load_model(str(tmp_path / "run"))[0])
+    line = WeightLine(tmp_path / "run", load_model(str(tmp_path / "run"))[0], start=str(fernet_weights))
+    with pytest.raises(FerlabError, match="different architectures"):   # a narrower fernet_s than the start
+        line.move_to(0.5)

@@ -32,9 +32,9 @@ BN_FACES = 4000   # training faces the BatchNorm statistics are recomputed on
 
 def interpolate(start: dict, end: dict, alpha: float) -> dict:
     """(1 - alpha) * start + alpha * end for every float tensor; counters (num_batches_tracked) from end."""
-    if start.keys() != end.keys():
-        raise FerlabError("cannot interpolate between models of different architectures "
-                          f"(tensors only in one: {sorted(start.keys() ^ end.keys())[:3]})")
+    differ = sorted(start.keys() ^ end.keys()) or [k for k in end if start[k].shape != end[k].shape]
+    if differ:
+        raise FerlabError(f"cannot interpolate between models of different architectures (they differ in {differ[0]})")
     return {k: (start[k].float() * (1 - alpha) + end[k].float() * alpha).to(end[k].dtype) if end[k].is_floating_point()
             else end[k] for k in end}
 
@@ -61,13 +61,14 @@ class WeightLine:
     (moved in place by move_to), with what choosing a point on it needs: the run's validation faces
     and the start's scores on them."""
 
-    def __init__(self, run: Path, model: torch.nn.Module):
+    def __init__(self, run: Path, model: torch.nn.Module, start: str | None = None):
         cfg = TrainConfig(**json.loads((Path(run) / "config.json").read_text()))
-        if not cfg.init:
+        start = start or cfg.init   # another name for the same weights, when a bundle has replaced --init's
+        if not start:
             raise FerlabError(f"{run}: the run did not start from a model (--init), so there is nothing to interpolate from")
         _, train, self.val, _ = load_run_data(cfg)
-        start_model = load_model(cfg.init)[0]
-        self.run, self.model, self.start_name = run, model, cfg.init
+        start_model = load_model(start)[0]
+        self.run, self.model, self.start_name = run, model, start
         self.start_scores = source_scores(start_model, self.val)
         self.start = {k: v.clone() for k, v in start_model.state_dict().items()}
         self.end = {k: v.clone() for k, v in model.state_dict().items()}   # clones: load_state_dict writes into these
