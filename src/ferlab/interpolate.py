@@ -13,10 +13,12 @@ macro-F1 (so a small source counts as much as FER2013).
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ferlab.batchnorm import recalibrate_batchnorm
 from ferlab.checkpoint import load_model
@@ -85,7 +87,9 @@ def interpolate_run(run: Path, model: torch.nn.Module, alpha: float | None = Non
     """Move `model` (the run's selected weights, in place) to the chosen point between the run's --init
     model and itself, BatchNorm statistics recomputed; returns what was chosen and the validation scores."""
     line = WeightLine(run, model)
-    scores = {a: source_scores(line.move_to(a), line.val) for a in (ALPHA_GRID if alpha is None else (alpha,))}
+    grid = ALPHA_GRID if alpha is None else (alpha,)
+    scores = {a: source_scores(line.move_to(a), line.val)
+              for a in tqdm(grid, desc="interpolating: alpha", file=sys.stderr, disable=len(grid) == 1 or None)}
     chosen = choose_alpha(scores, line.start_scores) if alpha is None else alpha
     if chosen is None:
         raise FerlabError(f"{run}: no alpha in {ALPHA_GRID} keeps every source's validation accuracy at "
