@@ -146,12 +146,15 @@ def main() -> None:
         "classes": meta["classes"],
         "preprocessing": {"input": "grayscale face crop resized to 48x48 (INTER_AREA)", "scale": "pixels / 255 in [0, 1]",
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
-        "data": {"train": (" + ".join(f"{source_name(s)} train part" for s in config["data"]) + train_labels if mix
+        "data": {"train": (" + ".join("FER2013 Training" if source_name(s) == "fer2013" else f"{source_name(s)} train part"
+                                      for s in config["data"]) + train_labels if mix
                            else f"FER2013 {config['train_splits']} ({Path(config['data']).name}){train_labels}"),
                  "selection": ("the last epoch (a fixed schedule; --select last)" if config.get("select") == "last"
                                else f"best validation accuracy on {'every source val part' if mix else config['val_splits']}"
                                + (" among the epochs and the running average of the later ones (--average-from "
-                                  f"{config['average_from']})" if config.get("average_from") else "")),
+                                  f"{config['average_from']})" if config.get("average_from") else "")
+                               + (f"; then {line['alpha']} of the way from {line['start']} to those weights, alpha chosen "
+                                  "on the same validation faces (ferlab/interpolate.py)" if line else "")),
                  "test": f"PrivateTest ({len(test):,} rows in ferlab's copy{test_labels})"},
         "training": {"command": train_command(config), "config": config,
                      "epochs": len(rows), "best_epoch": best.epoch,

@@ -7,7 +7,7 @@
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
     Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
     Recognizer("ferplus")                   # the bundled FER+ model: 8 classes, the 7 and contempt
-    Recognizer("general")                   # also trained on posed (CK+48) and web (muxspace48) faces
+    Recognizer("general")                   # the default's fine-tune on posed and web faces, all the way
     Recognizer(["default", "run2/"], tta="flip")   # ensemble of two models, each face and its mirror
     for path, faces in rec.predict_many(["folder/"]): ...   # faces is a list or a FerlabError
 
@@ -60,8 +60,8 @@ class Recognizer:
     """Faces -> expression probabilities with one model (or an ensemble) and one face detector.
 
     model: "default" (bundled), "default-int8" (its bundled int8 ONNX export), "ferplus" (the bundled
-    8-class FER+ model; "ferplus-int8"), "general" (trained on FER2013, muxspace48 and CK+48;
-    "general-int8"), a run directory, a .safetensors file, an .onnx file
+    8-class FER+ model; "ferplus-int8"), "general" (the fine-tune on FER2013, muxspace48 and CK+48
+    that `default` is 0.4 of the way to: stronger on posed and web photos; "general-int8"), a run directory, a .safetensors file, an .onnx file
     written by `ferlab export`, or an nn.Module (then pass classes); or a list of these: an
     ensemble whose probabilities are the mean of its members' (each with the same tta). Members
     must name the same classes, else a FerlabError names the first that does not. rec.models and
@@ -316,7 +316,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     # Repeated rather than nargs="+": several values would swallow the positional paths that follow.
     parser.add_argument("--model", action="append", metavar="MODEL",
                         help="'default' (bundled; the default), 'default-int8' (its int8 export), 'ferplus' (8 classes), "
-                             "'general' (also trained on posed and web faces), a run directory, "
+                             "'general' (stronger on posed and web photos), a run directory, "
                              "a .safetensors file or an .onnx file from `ferlab export`; "
                              "repeat (--model A --model B) for an ensemble that averages their probabilities")
     parser.add_argument("--detector", default="auto", choices=["auto", "blazeface", "haar", "none", "full"],
