@@ -64,7 +64,7 @@ def main() -> int:
         t0 = time.time()
         model = line.move_to(alpha, recalibrate=not a.keep_bn)
         val_scores[alpha] = source_scores(model, line.val)
-        row = {"alpha": alpha, "recalibrated_bn": not a.keep_bn, **{f"val {s}": v for s, v in val_scores[alpha].items()}}
+        row = {"alpha": alpha, "recalibrated_bn": not a.keep_bn, **{f"val {s}": [v["accuracy"], v["macro_f1"]] for s, v in val_scores[alpha].items()}}
         for name, (images, labels) in scored.items():
             s = summary(labels, predict_probs(model, images).argmax(1), FER2013_CLASSES)
             row[name] = [s["accuracy"], s["macro_f1"]]

@@ -63,12 +63,13 @@ def onnx_accuracy(model, data: str, test) -> dict:
     return out
 
 
-def parent_training(config: dict) -> dict:
-    """The training summaries of the models a run was initialised or distilled from."""
+def parent_training(config: dict, init_weights: str | None = None) -> dict:
+    """The training summaries of the models a run was initialised (from `init_weights` when its --init's
+    have been replaced since) or distilled from."""
     specs = [config.get("init", "")] + config.get("teacher", "").split(",")
     parents = {}
     for spec in dict.fromkeys(name.strip() for name in specs if name.strip()):
-        _, card = load_model(spec)
+        _, card = load_model(init_weights if init_weights and spec == config.get("init") else spec)
         training = card.get("training", {})
         parents[spec] = {"weights": Path(card["weights_path"]).name, "model": card["model"],
                          **{k: training[k] for k in ("command", "epochs", "wall_time_minutes", "machine", "parents") if k in training}}
@@ -93,6 +94,8 @@ def main() -> None:
     p.add_argument("--data", required=True, help="the FER2013 CSV the run was trained on (its FER+ votes file, if any, comes from the run's config)")
     p.add_argument("--name", default="default")
     p.add_argument("--interpolate", metavar="auto|ALPHA", help="move the weights part of the way back to the run's --init model (ferlab/interpolate.py)")
+    p.add_argument("--start", help="with --interpolate: the run's --init weights under another name or path "
+                   "(when this bundle's name is the run's --init)")
     p.add_argument("--balance-prior", metavar="auto|TAU", help="fold a post-hoc logit adjustment into the weights (ferlab/prior.py)")
     p.add_argument("--cross-dataset", type=Path, metavar="REPORT_JSON", help="a benchmarks/cross_dataset.py report.json to copy into the card")
     a = p.parse_args()
@@ -100,13 +103,14 @@ def main() -> None:
     config = json.loads((a.run / "config.json").read_text())
     with open(a.run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    parents = parent_training(config)   # before this bundle may overwrite one of them
+    parents = parent_training(config, a.start)   # before this bundle may overwrite one of them
     model, meta = load_model(str(a.run / "best.safetensors"))
     best = BestWeights.of_run(a.run)
     meta.pop("weights_path")
     line = None
     if a.interpolate:
-        line = interpolate_run(a.run, model, None if a.interpolate == "auto" else float(a.interpolate))
+        line = interpolate_run(a.run, model, None if a.interpolate == "auto" else float(a.interpolate), a.start)
+        line["start"] = config["init"] + (" as it was before this bundle" if a.start else "")   # no local paths in a card
         meta["interpolation"] = {"alpha": line["alpha"], "start": line["start"]}
     balance = None
     if a.balance_prior:

@@ -43,6 +43,14 @@ def summary(y_true, y_pred, classes) -> dict:
             "recall": {c: round(m["recall"], 2) for c, m in r["per_class"].items() if m["support"]}}
 
 
+def source_summaries(y_true, y_pred, origins, classes) -> dict:
+    """{source: summary} of the faces of each origin (one source, "all", when origins is None), so a
+    small source can be weighed as much as a large one."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    origins = np.full(len(y_true), "all") if origins is None else np.asarray(origins)
+    return {str(o): summary(y_true[origins == o], y_pred[origins == o], classes) for o in dict.fromkeys(origins)}
+
+
 def report_markdown(report: dict, title: str) -> str:
     """The report as Markdown: summary, a bah2022-style per-class table, the confusion matrix."""
     lines = [f"# {title}", ""]

@@ -11,7 +11,6 @@ validation macro-F1 (so a small source counts as much as FER2013). The adjustmen
 the bias of the model's last linear layer, so the weights, their ONNX exports and every backend carry it.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,8 @@ from torch import nn
 from ferlab.data import load_run_data
 from ferlab.errors import FerlabError
 from ferlab.evaluate import predict_probs
-from ferlab.metrics import classification_report
-from ferlab.train import TrainConfig
+from ferlab.metrics import source_summaries
+from ferlab.train import run_config
 
 TAU_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
@@ -43,10 +42,7 @@ def rebalance(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
 
 def mean_source_macro_f1(probs: np.ndarray, labels: np.ndarray, origins: np.ndarray | None, classes) -> float:
     """Macro-F1 (over the classes present) of each source's rows, averaged over the sources."""
-    origins = np.zeros(len(labels), dtype="<U1") if origins is None else origins
-    scores = [classification_report(labels[origins == o], probs[origins == o].argmax(1), classes)["macro_f1"]
-              for o in np.unique(origins)]
-    return float(np.mean(scores))
+    return float(np.mean([s["macro_f1"] for s in source_summaries(labels, probs.argmax(1), origins, classes).values()]))
 
 
 def choose_tau(probs, labels, origins, prior, classes, grid=TAU_GRID) -> tuple[float, dict]:
@@ -71,8 +67,7 @@ def fold_into_bias(model: nn.Module, prior: np.ndarray, tau: float) -> None:
 def balance_for_run(run: Path, model: nn.Module, tau: float | None = None) -> dict:
     """The prior adjustment of a run's model: its training faces' class prior and tau (chosen by
     choose_tau on the run's validation faces when None), with the validation score of every tau tried."""
-    cfg = TrainConfig(**json.loads((Path(run) / "config.json").read_text()))
-    data, train, val, _ = load_run_data(cfg)
+    data, train, val, _ = load_run_data(run_config(run))
     prior = class_prior(train.labels, len(data.classes))
     probs = predict_probs(model, val.images)
     best, scores = choose_tau(probs, val.labels, val.origins, prior, data.classes, TAU_GRID if tau is None else (tau,))

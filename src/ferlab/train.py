@@ -536,6 +536,14 @@ def normalized_config(saved: dict) -> dict:
         return saved
 
 
+def run_config(run: Path) -> TrainConfig:
+    """The TrainConfig a run directory was trained with (its config.json)."""
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        raise FerlabError(f"{run}: not a training run (no config.json)")
+    return TrainConfig(**json.loads(path.read_text()))
+
+
 def open_run(out: Path, cfg: TrainConfig, resume: bool | None = None) -> bool:
     """Make `out` the run directory of cfg and return whether `fit` resumes it.
 
