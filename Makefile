@@ -4,8 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch is pinned to the CPU wheel that installs offline here; pyproject declares a looser range.
 TORCH := torch==2.13.0
-# The lean install (`pip install .`, no extras: no torch), checked by `make test-lean`.
-LEAN := .venv-lean
+# The lean install (`pip install .`, no extras: no torch), checked by `make test-lean` on $(PYTHON),
+# or on another Python: `make test-lean LEAN_PYTHON=~/.pyenv/versions/3.13.0/bin/python3` (the torch
+# wheel installed here is for 3.11 only, so the full suite runs on 3.11).
+LEAN_PYTHON ?= $(PYTHON)
+LEAN := .venv-lean-$(shell $(LEAN_PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 .PHONY: venv demo test test-lean browser clean
 
@@ -42,7 +45,7 @@ test: venv browser
 # reads as happy there without torch, and that the training commands name the extra.
 $(LEAN)/.installed: pyproject.toml
 	rm -rf $(LEAN)
-	$(PYTHON) -m venv $(LEAN)
+	$(LEAN_PYTHON) -m venv $(LEAN)
 	$(LEAN)/bin/python -m pip install -q --upgrade pip
 	$(LEAN)/bin/python -m pip install -q .
 	touch $@
@@ -52,4 +55,4 @@ test-lean: venv $(LEAN)/.installed
 	FERLAB_LEAN_PYTHON=$(abspath $(LEAN))/bin/python $(PY) -m pytest -q tests/test_lean.py -k clean_install
 
 clean:
-	rm -rf $(VENV) $(LEAN) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) .venv-lean* build *.egg-info src/*.egg-info
