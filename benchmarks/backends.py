@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ferlab.export import astronaut_faces, export_model  # noqa: E402
 from ferlab.recognizer import Recognizer  # noqa: E402
 from ferlab.device import native_bf16  # noqa: E402
+from ferlab.errors import run_script  # noqa: E402
 from inference_speed import model_spec, timed  # noqa: E402  (same folder: the scripts run from benchmarks/)
 
 
@@ -86,4 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

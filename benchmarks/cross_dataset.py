@@ -45,6 +45,7 @@ from ferlab.evaluate import evaluate_models  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import summary  # noqa: E402
 from ferlab.prior import balance_for_run, rebalance  # noqa: E402
+from ferlab.errors import run_script  # noqa: E402
 
 SHORT = {"angry": "ang", "disgust": "dis", "fear": "fea", "happy": "hap", "sad": "sad", "surprise": "sur", "neutral": "neu"}
 
@@ -163,4 +164,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ferlab.blazeface import BlazeFace  # noqa: E402
 from ferlab.faces import BlazeFaceDetector, Detector, HaarDetector  # noqa: E402
+from ferlab.errors import run_script  # noqa: E402
 
 PYFEAT_COUNTS = {
     "single_face.jpg": 1, "multi_face.jpg": 5, "BWPictureHuman.jpg": 1, "Image_with_alpha.png": 1,
@@ -335,4 +336,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -34,6 +34,7 @@ from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.models import create_model  # noqa: E402
 from ferlab.recognizer import Recognizer  # noqa: E402
 from ferlab.device import native_bf16  # noqa: E402
+from ferlab.errors import run_script  # noqa: E402
 
 
 def emit(**record):
@@ -148,4 +149,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

@@ -32,6 +32,7 @@ from ferlab.evaluate import predict_probs  # noqa: E402
 from ferlab.interpolate import ALPHA_GRID, WeightLine, choose_alpha, source_scores  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import summary  # noqa: E402
+from ferlab.errors import run_script  # noqa: E402
 
 
 def main() -> int:
@@ -79,4 +80,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

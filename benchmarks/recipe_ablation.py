@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ferlab.train import BestWeights, TrainConfig  # noqa: E402
+from ferlab.errors import run_script  # noqa: E402
 
 # One change each from the recipe, as `ferlab train` options.
 VARIANTS = {
@@ -83,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

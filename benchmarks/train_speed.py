@@ -21,6 +21,7 @@ from ferlab.models import count_parameters, create_model
 from ferlab.device import autocast_dtype
 from ferlab.inference import batched_logits, model_forward
 from ferlab.train import TrainConfig, train_one_epoch
+from ferlab.errors import run_script
 
 VARIANTS = {
     "fp32": dict(amp="fp32", channels_last=False),          # plain PyTorch eager
@@ -81,4 +82,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

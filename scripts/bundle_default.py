@@ -32,6 +32,7 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ from ferlab.data import load_with_splits
 from ferlab.data.mix import source_name
 from ferlab.interpolate import interpolate_run
 from ferlab.prior import balance_for_run, fold_into_bias
-from ferlab.train import BestWeights, train_command
+from ferlab.train import BestWeights, run_config, train_command
+from ferlab.errors import run_script
 
 
 def onnx_accuracy(model, data: str, test) -> dict:
@@ -100,7 +102,7 @@ def main() -> None:
     p.add_argument("--cross-dataset", type=Path, metavar="REPORT_JSON", help="a benchmarks/cross_dataset.py report.json to copy into the card")
     a = p.parse_args()
 
-    config = json.loads((a.run / "config.json").read_text())
+    config = asdict(run_config(a.run))
     with open(a.run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     parents = parent_training(config, a.start)   # before this bundle may overwrite one of them
@@ -188,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_script(main))

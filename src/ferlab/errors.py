@@ -1,4 +1,5 @@
-"""The one exception type for user errors: the CLI prints its message on one line, no traceback."""
+"""The one exception type for user errors: the CLI (and run_script, for scripts/ and benchmarks/) prints
+its message on one line, no traceback."""
 
 
 class FerlabError(Exception):
@@ -6,3 +7,15 @@ class FerlabError(Exception):
 
     The message names the file (and row) and the problem, in one line.
     """
+
+
+def run_script(main) -> int:
+    """Run a script's main() as the CLI runs a command: a FerlabError is one line on stderr, exit status 2."""
+    import sys
+    from pathlib import Path
+
+    try:
+        return int(main() or 0)
+    except FerlabError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        return 2
