@@ -1,6 +1,9 @@
 """The one exception type for user errors: the CLI (and run_script, for scripts/ and benchmarks/) prints
 its message on one line, no traceback."""
 
+import sys
+from pathlib import Path
+
 
 class FerlabError(Exception):
     """Bad input from the user (a missing file, a malformed row, an unknown name).
@@ -11,9 +14,6 @@ class FerlabError(Exception):
 
 def run_script(main) -> int:
     """Run a script's main() as the CLI runs a command: a FerlabError is one line on stderr, exit status 2."""
-    import sys
-    from pathlib import Path
-
     try:
         return int(main() or 0)
     except FerlabError as e:
