@@ -75,6 +75,17 @@ def trained_sources(spec: str) -> tuple[set, int]:
     return {source_name(s) for s in ([data] if isinstance(data, str) else data)}, int(config.get("seed", 0))
 
 
+def held_out_part(name: str, data, test_part, seen: set, seed: int) -> tuple[str, np.ndarray]:
+    """(how the report names them, which faces) of a set's faces that a model trained on the sources
+    `seen` (with `seed`) never trained on or was selected with: a set it never saw counts whole, a seen
+    set only the test part of the model's own mix split."""
+    if test_part is None:   # FER2013 PrivateTest: never trained on
+        return "PrivateTest", np.ones(len(data), bool)
+    if name in seen:
+        return "seen: test part", mix_splits(data, seed) == "test"
+    return "held out: all", np.ones(len(data), bool)
+
+
 def markdown(title: str, rows: list[dict]) -> str:
     classes = [c for c in FER2013_CLASSES if any(c in r["recall"] for r in rows)]
     head = ["set", "model", "rows", "faces", "accuracy", "macro-F1"] + [f"{SHORT[c]} R" for c in classes]
@@ -133,14 +144,10 @@ def main() -> int:
             print(json.dumps({"model": spec, **balance}), flush=True)
         seen, seed = trained_sources(spec)
         for name, (data, test_part) in sets.items():
-            # (table, its rows column, which faces): a set the model never trained on counts whole; of a
-            # seen set only the faces its own split kept out of training and selection count as held out
-            if test_part is None:   # FER2013 PrivateTest: never trained on
-                parts = [(held_out, "PrivateTest", np.ones(len(data), bool))]
-            else:
-                own = mix_splits(data, seed) == "test" if name in seen else np.ones(len(data), bool)
-                parts = [(same_rows, "seed-0 test part", test_part),
-                         (held_out, "seen: test part" if name in seen else "held out: all", own)]
+            # (table, its rows column, which faces)
+            parts = [(held_out, *held_out_part(name, data, test_part, seen, seed))]
+            if test_part is not None:
+                parts.append((same_rows, "seed-0 test part", test_part))
             scored = np.logical_or.reduce([mask for _, _, mask in parts])
             model_probs = evaluate_models([spec], data.images[scored], tta=a.tta)[0]
             for label, balance in variants:

@@ -18,16 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cross_dataset import evaluation_sets, trained_sources  # noqa: E402
+from cross_dataset import evaluation_sets, held_out_part, trained_sources  # noqa: E402
 
 from ferlab.atomic import atomic_write_text  # noqa: E402
 from ferlab.checkpoint import load_model  # noqa: E402
-from ferlab.data.mix import mix_splits  # noqa: E402
 from ferlab.evaluate import predict_probs  # noqa: E402
 from ferlab.interpolate import ALPHA_GRID, WeightLine, choose_alpha, source_scores  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
@@ -52,13 +49,8 @@ def main() -> int:
     seen, seed = trained_sources(str(a.run))
     scored = {}
     for name, (faces, test_part) in evaluation_sets(a).items():
-        if test_part is None:   # FER2013 PrivateTest, never trained on
-            scored[f"{name} (PrivateTest)"] = (faces.images, faces.labels)
-        elif name in seen:
-            own = mix_splits(faces, seed) == "test"
-            scored[f"{name} (seen: test part)"] = (faces.images[own], faces.labels[own])
-        else:
-            scored[f"{name} (held out: all)"] = (faces.images, faces.labels)
+        rows, mask = held_out_part(name, faces, test_part, seen, seed)
+        scored[f"{name} ({rows})"] = (faces.images[mask], faces.labels[mask])
     print(json.dumps({"start": line.start_name, "val": line.start_scores}), flush=True)
     rows, val_scores = [], {}
     for alpha in [float(x) for x in a.alphas.split(",")]:

@@ -44,7 +44,7 @@ from ferlab.evaluate import predict_probs
 from ferlab.export import DEFAULT_OPSET, dataset_faces, export_model, quantize_int8, to_onnx
 from ferlab.inference import batched_probs
 from ferlab.onnxrt import OnnxModel
-from ferlab.metrics import classification_report, first_reached, summary
+from ferlab.metrics import classification_report, first_reached, source_summaries
 from ferlab.models import count_parameters
 from ferlab.data import load_with_splits
 from ferlab.data.mix import source_name
@@ -82,12 +82,7 @@ def source_test_metrics(model, config: dict) -> dict:
     """Accuracy, macro-F1 and per-class recall on each source's test part of a mix run (no TTA)."""
     data = load_with_splits(config["data"], config.get("ferplus"), config.get("seed", 0))
     test = data.select("test")
-    probs = predict_probs(model, test.images)
-    out = {}
-    for source in dict.fromkeys(test.origins):
-        rows = test.origins == source
-        out[str(source)] = summary(test.labels[rows], probs[rows].argmax(1), data.classes)
-    return out
+    return source_summaries(test.labels, predict_probs(model, test.images).argmax(1), test.origins, data.classes)
 
 
 def main() -> None:

@@ -76,7 +76,7 @@ class WeightLine:
             raise FerlabError(f"{run}: the run did not start from a model (--init), so there is nothing to interpolate from")
         _, train, self.val, _ = load_run_data(cfg)
         start_model = load_model(start)[0]
-        self.run, self.model, self.start_name = run, model, start
+        self.model, self.start_name = model, start
         self.start_scores = source_scores(start_model, self.val)
         self.start = {k: v.clone() for k, v in start_model.state_dict().items()}
         self.end = {k: v.clone() for k, v in model.state_dict().items()}   # clones: load_state_dict writes into these
