@@ -208,3 +208,19 @@ def test_truncated_video_says_how_many_frames_it_read(cli, capsys, fernet_weight
     found = re.search(r"read (\d+) of the 8 frames", err)
     assert found and 0 < int(found.group(1)) < 8, err
     assert f"{found.group(1)} frames" in err
+
+
+def test_one_frame_video_is_a_video(cli, capsys, astronaut, fernet_weights, tmp_path):
+    """(issue 37) a valid video of one frame is processed, not refused as 'no frames could be read'."""
+    clip, timeline = tmp_path / "one.avi", tmp_path / "t.csv"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
+    assert writer.isOpened()
+    face = cv2.cvtColor(cv2.resize(astronaut, (240, 240)), cv2.COLOR_RGB2BGR)
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    frame[:, 40:280] = face
+    writer.write(frame)
+    writer.release()
+    code, out, err = cli("video", clip, "--model", fernet_weights, "--csv", timeline)
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(timeline.read_text())))
+    assert [r["frame"] for r in rows] == ["0"] and "1 frames, 1 recognised, 1 faces" in err

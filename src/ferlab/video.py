@@ -108,16 +108,30 @@ def open_video(path) -> cv2.VideoCapture:
     path = Path(path)
     if not path.is_file():
         raise FerlabError(f"{path}: no such video file")
+    if is_still_image(path):  # OpenCV would open it as a one-frame "video"
+        raise FerlabError(f"{path}: a still image, no frames could be read as video (for photos use `ferlab predict`); "
+                          "nothing written")
     with quiet_opencv():
         cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise FerlabError(f"{path}: cannot open as a video (not a video, or a codec OpenCV cannot read)")
     ok, frame = cap.read()
+    cap.release()
     if not ok or frame is None:
-        cap.release()
         raise FerlabError(f"{path}: cannot read any frame from this video")
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-    return cap
+    with quiet_opencv():  # a fresh capture: seeking back to frame 0 loses a one-frame video's only frame
+        return cv2.VideoCapture(str(path))
+
+
+def is_still_image(path) -> bool:
+    """Whether Pillow recognises the file as an image (it reads only the header)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # noqa: BLE001 - anything Pillow cannot open is not a photo
+        return False
 
 
 @contextlib.contextmanager
@@ -210,9 +224,8 @@ def process_video(rec, path, out_path=None, csv_file=None, every: int = 1, smoot
             index += 1
             bar.update(1)
         bar.close()
-        if index == 0:   # e.g. a still image, which OpenCV opens as a one-frame "video" it then cannot read
-            raise FerlabError(f"{path}: no frames could be read as video (for photos use `ferlab predict`); "
-                              "nothing written")
+        if index == 0:  # open_video read one, but this capture none (the file changed meanwhile?)
+            raise FerlabError(f"{path}: no frames could be read as video; nothing written")
         counts["frames"] = index
         if total and index < total:
             counts["announced"] = total
