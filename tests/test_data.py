@@ -471,3 +471,22 @@ def test_symlink_loops_in_an_image_folder_are_skipped_with_a_warning(tmp_path, c
     warning = capsys.readouterr().err
     assert warning.count("\n") == 1 and "warning" in warning and "symlink" in warning
     assert "happy/loop.png" in warning and "faces/angry" in warning
+
+
+@pytest.mark.parametrize("opencv_reads_gif", [True, False])
+def test_animated_gif_in_an_image_folder_loads_its_first_frame(tmp_path, capsys, monkeypatch, opencv_reads_gif):
+    """(issue 37) an animated GIF was skipped without a word; it loads as its first frame, by
+    Pillow when this OpenCV has no GIF decoder."""
+    from PIL import Image
+
+    if not opencv_reads_gif:
+        imdecode = cv2.imdecode
+        monkeypatch.setattr(folders_module.cv2, "imdecode", lambda data, flags: None if data[:3].tobytes() == b"GIF"
+                            else imdecode(data, flags))
+    root = make_tree(tmp_path / "faces", {"happy": 2})
+    frames = [Image.fromarray(np.full((64, 64), value, np.uint8)) for value in (40, 200, 120)]
+    frames[0].save(root / "happy" / "moving.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    ds = load_image_folders(root, cache_enabled=False)
+    assert len(ds) == 3 and capsys.readouterr().err == ""
+    gif = ds.images[[i for i in range(3) if abs(int(ds.images[i].mean()) - 40) <= 3]]
+    assert len(gif) == 1 and np.abs(gif.astype(int) - 40).max() <= 3  # the first frame, not the others

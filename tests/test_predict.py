@@ -411,3 +411,13 @@ def test_unavailable_device_fails_in_one_line(cli, fernet_weights, tmp_path, mon
     for args in (["predict", photo], ["video", clip], ["serve", "--port", "8765"]):
         code, out, err = cli(*args, "--model", fernet_weights, "--device", device)
         assert code == 2 and f"--device {device}" in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_animated_gif_is_read_by_its_first_frame(cli, capsys, fernet_weights, astronaut, tmp_path):
+    """(issue 37) a multi-frame GIF given to predict is recognised on its first frame."""
+    gif = tmp_path / "moving.gif"
+    frames = [Image.fromarray(astronaut), Image.fromarray(np.zeros_like(astronaut))]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    code, out, err = cli("predict", gif, "--model", fernet_weights)
+    assert code == 0, err
+    assert close_box(json.loads(out)["faces"][0]["box"], ASTRONAUT_BOX)

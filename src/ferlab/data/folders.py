@@ -8,7 +8,7 @@ default), "ferplus8" (adds contempt) or "ckplus" (CK+'s 7 classes, with contempt
 Folders whose class is not in the label space (e.g. contempt under "fer2013", or "unknown") are
 skipped with one warning line on stderr. File names `S<subject>_<seq>_<frame>.<ext>` (CK+) give
 `groups` (the subject id, e.g. "S010") for subject-independent folds. Symlinks that loop are
-skipped with one warning line.
+skipped with one warning line. An animated GIF loads as its first frame.
 
 Decoded arrays are cached, keyed by the root's absolute path and a hash of the decoded files'
 names, sizes and mtimes, so the second load skips decoding.
@@ -29,7 +29,7 @@ from ferlab.data.dataset import FaceDataset
 from ferlab.errors import FerlabError
 from ferlab.labels import canonical_name, class_index, label_space
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")
 _SUBJECT = re.compile(r"^(S\d+)_\d+_\d+$")
 _LOADER_VERSION = "folders-1"
@@ -71,11 +71,24 @@ def read_image(path: str) -> np.ndarray:
     except OSError as e:
         raise FerlabError(f"{path}: cannot read ({e.strerror})") from None
     image = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if image is None and data.size:  # e.g. a GIF and an OpenCV without its decoder (before 4.11)
+        image = _pillow_gray(path)
     if image is None or image.size == 0:
         raise FerlabError(f"{path}: empty or unreadable image")
     if image.shape != (48, 48):
         image = cv2.resize(image, (48, 48), interpolation=cv2.INTER_AREA)
     return image
+
+
+def _pillow_gray(path: str) -> np.ndarray | None:
+    """The file (an animated GIF: its first frame) as uint8 grayscale by Pillow; None if Pillow cannot decode it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"))
+    except Exception:  # noqa: BLE001 - the caller reports the file as unreadable
+        return None
 
 
 def load_image_folders(root, classes: str = "fer2013", cache_enabled: bool = True, workers: int | None = None) -> FaceDataset:
