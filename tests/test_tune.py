@@ -149,3 +149,24 @@ def test_train_fraction_shrinks_every_trial(toy_csv, tmp_path, one_thread, capsy
     assert main(tune_args(toy_csv, tmp_path, 1, "--train-fraction", 0.5)) == 0
     faces = int(re.search(r"training sarmah2023_8conv on (\d+) faces", capsys.readouterr().out).group(1))
     assert abs(faces - 70) <= 4   # half of the 140 Training faces, stratified per class
+
+
+@pytest.mark.parametrize("where", ["read-only folder", "a file in the way"])
+def test_unwritable_storage_folder_fails_in_one_line(toy_csv, tmp_path, capsys, where):
+    """(issue 37) --storage sqlite:///DIR/tune.db with DIR read-only was a traceback."""
+    folder = tmp_path / "db"
+    if where == "read-only folder":
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder.mkdir()
+        folder.chmod(0o555)
+    else:
+        folder.write_text("a file, not a folder")
+    args = tune_args(toy_csv, tmp_path, 1)
+    args[args.index("--storage") + 1] = f"sqlite:///{folder}/tune.db"
+    try:
+        assert main(args) == 2
+    finally:
+        folder.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(folder) in err[0] and "cannot write" in err[0], err

@@ -205,8 +205,13 @@ class StudyLock:
 
     def __enter__(self):
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            from ferlab.atomic import check_writable
+
+            check_writable(self.path.parent)  # the lock, the database and SQLite's journal go there (FerlabError)
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise FerlabError(f"{self.path}: cannot write the study's lock file ({e.strerror or e})") from None
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
 
