@@ -421,3 +421,26 @@ def test_animated_gif_is_read_by_its_first_frame(cli, capsys, fernet_weights, as
     code, out, err = cli("predict", gif, "--model", fernet_weights)
     assert code == 0, err
     assert close_box(json.loads(out)["faces"][0]["box"], ASTRONAUT_BOX)
+
+
+@pytest.mark.parametrize("card, problem", [
+    ("{not json", r"card\.json: model card is not valid JSON"),
+    ('["classes"]', r"card\.json: model card is a JSON list, not an object"),
+    (json.dumps({"classes": list(FER2013_CLASSES)}), r"card\.json: the model card lists 7 classes .* but .*card\.safetensors"
+                                                     r" holds 8 "),
+])
+def test_model_card_beside_the_weights_is_checked(cli, capsys, ferplus8_weights, astronaut, tmp_path, card, problem):
+    """(issue 37) a card NAME.json beside NAME.safetensors that is not JSON was a traceback; one whose classes
+    disagree with the weights' (7 named, 8 outputs) was silently ignored. Both: one line naming the files."""
+    import re
+    import shutil
+
+    weights = tmp_path / "card.safetensors"
+    shutil.copy(ferplus8_weights, weights)
+    (tmp_path / "card.json").write_text(card)
+    with pytest.raises(FerlabError, match=problem):
+        Recognizer(weights, detector="none")
+    photo = tmp_path / "face.png"
+    Image.fromarray(astronaut).save(photo)
+    code, out, err = cli("predict", photo, "--model", weights)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and re.search(problem, err), err

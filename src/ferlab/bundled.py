@@ -6,6 +6,7 @@ export default-fp32.onnx, which `pip install ferlab` runs without torch), `defau
 ONNX export), `ferplus`, `ferplus-int8`, `general` and `general-int8`.
 """
 
+import json
 from pathlib import Path
 
 from ferlab.errors import FerlabError
@@ -38,3 +39,27 @@ def onnx_twin(path: Path) -> Path | None:
     if path.suffix == ".safetensors" and path.parent == WEIGHTS_DIR and twin.is_file():
         return twin
     return None
+
+
+def read_card(weights: Path) -> dict:
+    """The model card beside a weights file (NAME.json beside NAME.safetensors), {} when there is none;
+    FerlabError naming the card when it is not a JSON object."""
+    card_path = Path(weights).with_suffix(".json")
+    if not card_path.is_file():
+        return {}
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FerlabError(f"{card_path}: model card is not valid JSON ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(card, dict):
+        raise FerlabError(f"{card_path}: model card is a JSON {type(card).__name__}, not an object")
+    return card
+
+
+def check_card_classes(card: dict, weights: Path, classes) -> None:
+    """FerlabError naming both files when the card beside `weights` lists other classes than the weights hold."""
+    named = card.get("classes")
+    if named is not None and list(named) != list(classes):
+        raise FerlabError(f"{Path(weights).with_suffix('.json')}: the model card lists {len(named)} classes "
+                          f"({', '.join(map(str, named))}) but {weights} holds {len(classes)} ({', '.join(classes)}); "
+                          "correct or remove the card")

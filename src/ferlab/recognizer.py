@@ -42,7 +42,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ferlab import npinference, onnxrt
-from ferlab.bundled import WEIGHTS_DIR, onnx_twin, resolve_weights
+from ferlab.bundled import WEIGHTS_DIR, check_card_classes, onnx_twin, read_card, resolve_weights
 from ferlab.errors import FerlabError
 from ferlab.faces import create_detector, crop_faces_for, to_float
 from ferlab.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
@@ -174,7 +174,10 @@ class Recognizer:
         int8 = path.with_name(f"{path.stem}-int8.onnx")
         alternative = f" (or model {int8.stem}, its int8 export, which runs without it)" \
             if self.backend == "onnx" and int8.is_file() and int8.parent == WEIGHTS_DIR else ""
-        return self._torch(why, alternative).load_model(str(spec), self.device)
+        card = read_card(path)  # a broken card is one line here, not a traceback in load_model
+        model, meta = self._torch(why, alternative).load_model(str(spec), self.device)
+        check_card_classes(card, path, meta.get("classes", card.get("classes")))
+        return model, meta
 
     # ---- classification -------------------------------------------------------------------
     def probabilities(self, x: np.ndarray) -> np.ndarray:
