@@ -444,3 +444,40 @@ def test_model_card_beside_the_weights_is_checked(cli, capsys, ferplus8_weights,
     Image.fromarray(astronaut).save(photo)
     code, out, err = cli("predict", photo, "--model", weights)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and re.search(problem, err), err
+
+
+def test_outputs_never_overwrite_the_inputs(cli, capsys, fernet_weights, astronaut, tmp_path):
+    """(issue 37) --annotate onto the photos' own folder, and -o naming a photo, overwrote the user's photos:
+    now one line, exit 2, and every photo is left as it was."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(astronaut).save(photos / "x.jpg")
+    Image.fromarray(astronaut).save(photos / "y.png")
+    before = {p: p.read_bytes() for p in photos.iterdir()}
+    for args, name in [((photos, "--annotate", photos), "x.jpg"),
+                       ((photos / "x.jpg", "--annotate", photos), "x.jpg"),
+                       ((photos, "-o", photos / "y.png"), "y.png"),
+                       ((photos / "x.jpg", "-o", tmp_path / "photos" / ".." / "photos" / "x.jpg"), "x.jpg")]:
+        code, out, err = cli("predict", *args, "--model", fernet_weights)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and name in err and "input" in err, (args, err)
+        assert {p: p.read_bytes() for p in photos.iterdir()} == before, args
+    link = tmp_path / "link.jpg"  # another name for the same file
+    link.hardlink_to(photos / "x.jpg")
+    code, out, err = cli("predict", photos / "x.jpg", "-o", link, "--model", fernet_weights)
+    assert code == 2 and "link.jpg" in err and {p: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def test_inputs_with_the_same_name_get_distinct_annotations(cli, capsys, fernet_weights, astronaut, tmp_path):
+    """(issue 37) a/x.jpg b/x.jpg --annotate out/: one annotation was silently lost."""
+    for folder, image in (("a", astronaut), ("b", astronaut[:, ::-1])):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(image).save(tmp_path / folder / "x.jpg")
+    out = tmp_path / "out"
+    code, stdout, err = cli("predict", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", "--model", fernet_weights,
+                            "--annotate", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["x-2.jpg", "x.jpg"]
+    first, second = (cv2.imread(str(out / name)) for name in ("x.jpg", "x-2.jpg"))
+    assert np.abs(first.astype(int) - second[:, ::-1]).mean() < 20  # b's (mirrored) photo went to x-2.jpg
+    code, stdout, err = cli("predict", tmp_path / "a", tmp_path / "b", "--model", fernet_weights, "--annotate", out)
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["x-2.jpg", "x.jpg"], err

@@ -224,3 +224,20 @@ def test_one_frame_video_is_a_video(cli, capsys, astronaut, fernet_weights, tmp_
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(timeline.read_text())))
     assert [r["frame"] for r in rows] == ["0"] and "1 frames, 1 recognised, 1 faces" in err
+
+
+def test_video_outputs_never_overwrite_the_input_or_each_other(cli, capsys, clip, fernet_weights, tmp_path):
+    """(issue 37) --out/--csv/--summary naming the input video overwrote it; two outputs naming one file lost one."""
+    import shutil
+
+    video_in = tmp_path / "clip.mp4"
+    shutil.copy(clip, video_in)
+    data = video_in.read_bytes()
+    for option in ("--out", "--csv", "--summary"):
+        code, out, err = cli("video", video_in, "--model", fernet_weights, option, tmp_path / "." / "clip.mp4")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "clip.mp4" in err and "input" in err, err
+        assert video_in.read_bytes() == data
+    code, out, err = cli("video", video_in, "--model", fernet_weights, "--csv", tmp_path / "t.csv", "--summary",
+                         tmp_path / "t.csv")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "t.csv" in err and "--csv" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]

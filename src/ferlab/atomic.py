@@ -53,3 +53,35 @@ def remove_leftovers(folder) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def refuse_overwrite(outputs, inputs) -> None:
+    """FerlabError (one line) when an output would overwrite an input or another output.
+
+    outputs: (option, path) pairs, e.g. ("--out", "clip.mp4"); inputs: paths. Paths are the same
+    file when they resolve to one path, or (for files that exist) are os.path.samefile: a hard
+    link or a case-insensitive file system's other spelling of a name.
+    """
+    from ferlab.errors import FerlabError
+
+    taken = {}
+    for path in inputs:
+        for key in _file_keys(path):
+            taken.setdefault(key, f"the input {path}")
+    for option, path in outputs:
+        keys = _file_keys(path)
+        clash = next((taken[key] for key in keys if key in taken), None)
+        if clash is not None:
+            raise FerlabError(f"{path}: {option} would overwrite {clash}; choose another name")
+        taken.update((key, f"the {option} output") for key in keys)
+
+
+def _file_keys(path) -> set:
+    """The path resolved, and (device, inode) when the file exists: equal keys, same file."""
+    keys = {os.path.realpath(path)}
+    try:
+        st = os.stat(path)
+        keys.add((st.st_dev, st.st_ino))
+    except OSError:
+        pass
+    return keys

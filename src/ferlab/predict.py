@@ -2,8 +2,10 @@
 
 Writes JSON Lines (one object per image: {"path", "faces"}) or CSV (one row per face; an image
 without faces gets one row with empty face columns) to stdout or --output, and with --annotate a
-copy of each image with boxes and labels. Unreadable files are reported on stderr, one line each,
-and skipped; the exit status is 0 when at least one image was processed and 2 when none was.
+copy of each image with boxes and labels (two inputs of one name: NAME.EXT and NAME-2.EXT). An
+output never overwrites an input: an --output or annotated copy naming a photo given is refused.
+Unreadable files are reported on stderr, one line each, and skipped; the exit status is 0 when at
+least one image was processed and 2 when none was.
 
 The work is the `Recognizer` (ferlab.recognizer) and ferlab.images; this module is the command.
 `from ferlab.predict import Recognizer` keeps working, but `from ferlab import Recognizer` is the
@@ -22,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ferlab.atomic import atomic_write
+from ferlab.atomic import atomic_write, refuse_overwrite
 from ferlab.errors import FerlabError
 from ferlab.images import (check_writable_dir, check_writable_file, draw_faces, expand_paths, prefetch, rounded,
                            safe_load, write_image)
@@ -49,21 +51,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="jsonl: one object per image; csv: one row per face")
     parser.add_argument("--output", "-o", help="write results here (atomically) instead of stdout")
-    parser.add_argument("--annotate", metavar="OUTDIR", help="write a copy of each image with boxes and labels to OUTDIR")
+    parser.add_argument("--annotate", metavar="OUTDIR", help="write a copy of each image with boxes and labels to OUTDIR, "
+                        "under its path in the folder given (inputs with the same name: NAME-2.EXT, NAME-3.EXT, ...)")
     parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True, help="search folders recursively (default: on)")
     parser.epilog = ("Unreadable files are reported on stderr and skipped; exit status 0 if at least one image was "
-                     "processed, 2 if none.")
+                     "processed, 2 if none. An output never overwrites an input: --output or an annotated copy that "
+                     "would replace a photo given is refused.")
 
 
 def run(args) -> int:
     if args.output and args.output != "-":
         check_writable_file(args.output)
     annotate_dir = check_writable_dir(args.annotate) if args.annotate else None
-    rec = recognizer_from_args(args)
     files = list(expand_paths(args.paths, args.recursive))
     if not files:
         raise FerlabError(f"no image files found in {', '.join(args.paths)}")
     roots = [Path(p) for p in args.paths if Path(p).is_dir()]
+    annotated = annotated_paths(annotate_dir, files, roots) if annotate_dir is not None else []
+    outputs = [("--output", args.output)] if args.output and args.output != "-" else []
+    refuse_overwrite(outputs + [("--annotate", p) for p in annotated], files)
+    rec = recognizer_from_args(args)
     counts = {"ok": 0, "failed": 0, "faces": 0}
 
     def process(out) -> None:
@@ -71,7 +78,7 @@ def run(args) -> int:
         if writer:
             writer.writerow(csv_header(rec.classes))
         bar = tqdm(total=len(files), unit="img", disable=None if len(files) > 1 else True, file=sys.stderr)
-        for path, loaded in prefetch(files, safe_load):
+        for i, (path, loaded) in enumerate(prefetch(files, safe_load)):
             bar.update(1)
             try:
                 if isinstance(loaded, FerlabError):
@@ -79,7 +86,7 @@ def run(args) -> int:
                 pixels, scale = loaded
                 faces = rec.predict_pixels(pixels, scale)
                 if annotate_dir is not None:
-                    write_image(annotated_path(annotate_dir, path, roots), draw_faces(_bgr_copy(pixels), faces, scale))
+                    write_image(annotated[i], draw_faces(_bgr_copy(pixels), faces, scale))
             except FerlabError as e:
                 counts["failed"] += 1
                 bar.write(f"ferlab predict: skipped {e}", file=sys.stderr)
@@ -110,6 +117,21 @@ def run(args) -> int:
     if args.output and args.output != "-":
         print(f"ferlab predict: {counts['ok']} images, {counts['faces']} faces -> {args.output}", file=sys.stderr)
     return 0
+
+
+def annotated_paths(outdir: Path, files: list[Path], roots: list[Path]) -> list[Path]:
+    """Each file's annotated_path; a name already taken (ignoring case) by an earlier file gets
+    NAME-2.EXT, NAME-3.EXT, ... so that no annotation replaces another."""
+    out, taken = [], set()
+    for path in files:
+        first = target = annotated_path(outdir, path, roots)
+        n = 1
+        while str(target).casefold() in taken:
+            n += 1
+            target = first.with_name(f"{first.stem}-{n}{first.suffix}")
+        taken.add(str(target).casefold())
+        out.append(target)
+    return out
 
 
 def annotated_path(outdir: Path, path: Path, roots: list[Path]) -> Path:

@@ -9,7 +9,7 @@ under one box side). At the end one line per face id goes to stderr (frames seen
 time, dominant expression), and --summary FILE writes that per-face table as CSV (face_id,
 frames, first/last frame and time, dominant, mean probabilities). --smooth K adds a smoothed
 label: the face's probabilities averaged over its track's last K processed frames. Outputs
-are written atomically.
+are written atomically, and never over the input or each other (refused in one line).
 
 `ferlab webcam` shows the camera with boxes and labels in a window; q or Esc quits. It needs a
 display and an OpenCV built with GUI support (opencv-python, not opencv-python-headless).
@@ -28,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ferlab.atomic import atomic_write
+from ferlab.atomic import atomic_write, refuse_overwrite
 from ferlab.errors import FerlabError
 from ferlab.images import check_writable_file, draw_faces, rounded
 from ferlab.recognizer import add_model_arguments, recognizer_from_args
@@ -262,9 +262,11 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_video(args) -> int:
     summary_path = getattr(args, "summary", None)
-    for target in (args.out, args.csv, summary_path):
-        if target and target != "-":
-            check_writable_file(target)
+    outputs = [(option, target) for option, target in (("--out", args.out), ("--csv", args.csv), ("--summary", summary_path))
+               if target and target != "-"]
+    refuse_overwrite(outputs, [args.input])
+    for _, target in outputs:
+        check_writable_file(target)
     open_video(args.input).release()  # fail fast, before loading the model
     rec = recognizer_from_args(args)
     kwargs = dict(every=args.every, smooth=args.smooth)
