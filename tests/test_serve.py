@@ -457,3 +457,90 @@ def test_ferlab_serve_logs_an_aborted_upload_in_one_line(fernet_weights, photos,
     assert [line for line in text.splitlines() if "disconnect" in line] == [
         line for line in text.splitlines() if line.startswith("INFO:") and "upload aborted" in line], text
     assert text.count("disconnect") == 1 and "Traceback" not in text and "ERROR" not in text, text
+
+
+def test_repeated_errors_are_logged_once_per_interval():
+    """(issue 37) the same warning or error passes once per interval, then says how many were held back."""
+    import logging
+    import time
+
+    from ferlab.serve import RepeatFilter
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    handler.addFilter(RepeatFilter(interval=0.2))
+    logger = logging.getLogger("ferlab.test.repeat")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        for i in range(1000):
+            logger.error("socket.accept() out of system resource: %s", i)
+            logger.info("request %d", i)  # below WARNING: every one passes
+        time.sleep(0.25)
+        logger.error("socket.accept() out of system resource: %s", "again")
+    finally:
+        logger.removeHandler(handler)
+    errors = [r.getMessage() for r in records if r.levelno == logging.ERROR]
+    assert len(errors) == 2 and "999 more" in errors[1], errors
+    assert sum(r.levelno == logging.INFO for r in records) == 1000
+
+
+def test_idle_connections_neither_stall_the_server_nor_flood_the_log(fernet_weights, tmp_path):
+    """(issue 37) slowloris: half-open connections past the open-file limit made /healthz stop answering
+    and the log fill with "Too many open files" tracebacks. `ferlab serve` with 128 open files (so at
+    most 32 connections) and a 2 s read timeout, against 100 idle connections from this process on
+    127.0.0.1: /healthz answers (or sheds with a JSON 503) at once, the idle connections are closed
+    after the timeout, then /healthz answers 200, and the log stays small."""
+    import json
+    import resource
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    def status(address) -> tuple[int, bytes]:
+        response = raw_http(address, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        head, _, body = response.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = ("127.0.0.1", port)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as err:
+        server = subprocess.Popen([sys.executable, "-m", "ferlab", "serve", "--port", str(port), "--model", str(fernet_weights),
+                                   "--detector", "blazeface", "--read-timeout", "2"], stdout=err, stderr=err,
+                                  preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)))
+    idle = []
+    try:
+        deadline = time.monotonic() + 60
+        while "Uvicorn running" not in log.read_text():
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        for _ in range(100):
+            s = socket.create_connection(address, timeout=10)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+            idle.append(s)
+        start = time.monotonic()
+        code, body = status(address)
+        assert code in (200, 503) and time.monotonic() - start < 3, (code, body)
+        if code == 503:
+            assert "busy" in json.loads(body)["detail"]
+        closed = 0
+        for s in idle:  # each is answered (503 busy, or 408 after the read timeout) and closed by the server
+            s.settimeout(8)
+            while s.recv(65536):
+                pass
+            closed += 1
+        assert closed == 100 and time.monotonic() - start < 10
+        assert status(address)[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+        server.terminate()
+        server.wait(15)
+    text = log.read_text()
+    assert len(text) < 20_000 and text.count("Traceback") <= 1, text[-3000:]

@@ -16,8 +16,14 @@ Errors are JSON `{"detail": "one line"}`, never a stack trace: 413 upload over -
 (refused from Content-Length before reading, and counted while reading for chunked uploads) or
 image above --max-megapixels as decoded (refused from its header); 415 not multipart, or the
 file is not an image; 400 a corrupt image, a malformed form, or a request uvicorn cannot parse
-(json_errors_protocol); 422 no file in field "image"/"file"; 500 anything unexpected (logged).
+(guarded_protocol); 422 no file in field "image"/"file"; 500 anything unexpected (logged).
 A client that disconnects mid-upload is one info line in the log.
+
+Slow and many clients (guarded_protocol): a client has --read-timeout seconds (15) to send its
+request's headers and may pause no longer within a body, else 408 and the connection closes;
+past --max-connections (half the open-file limit less 32) a new connection is answered 503 at
+once, so the server never runs out of file descriptors. A warning or error repeated is logged
+once per 10 s (RepeatFilter).
 
 Memory is bounded before decoding (see decode): at most --max-megapixels decoded, big images
 reduced at once, and images above LARGE_PIXELS decoding one at a time. Uploads are decoded from
@@ -46,6 +52,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -61,6 +68,7 @@ MAX_MEGAPIXELS = 40.0  # default --max-megapixels: a decode peaks at 8 bytes a p
 LARGE_PIXELS = 4e6  # images decoding to more pixels than this take turns (Service.large_decode)
 REDUCED_SIDE = 2560  # non-JPEG images are reduced right after decoding to at most this longest side
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers allowed on top of the file
+READ_TIMEOUT = 15.0  # default --read-timeout: seconds for a request's headers, and the longest pause in its body
 CSP = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
        "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 log = logging.getLogger("ferlab.serve")
@@ -186,8 +194,6 @@ def remove_stale_uploads(max_age: float = 600.0) -> int:
     """Delete the /tmp/ferlab-upload-*.img copies of users' photos that servers before the in-memory
     decoding left when killed (ours, older than max_age seconds: a running old server's are newer).
     Returns how many went."""
-    import time
-
     removed = 0
     for path in Path(tempfile.gettempdir()).glob("ferlab-upload-*.img"):
         try:
@@ -485,44 +491,179 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-megapixels", type=float, default=MAX_MEGAPIXELS,
                         help=f"largest accepted image in decoded megapixels, JPEGs after reduced-scale decoding "
                              f"(default {MAX_MEGAPIXELS:g}; a decode peaks at 8 bytes a pixel, {8 * MAX_MEGAPIXELS:g} MB)")
+    parser.add_argument("--max-connections", type=int, metavar="N",
+                        help="connections served at once; more are answered 503 (default: half the open-file limit "
+                             "less 32, at most 1000)")
+    parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT, metavar="S",
+                        help=f"seconds a client has to send its request's headers, and the longest pause allowed in a "
+                             f"body; slower clients get 408 and are disconnected (default {READ_TIMEOUT:g})")
     add_model_arguments(parser)
     parser.set_defaults(backend="auto")
     parser.epilog = "The service has no authentication: keep it on loopback or behind a proxy that adds it."
 
 
-def json_errors_protocol():
-    """uvicorn's h11 HTTP protocol, answering the requests it cannot parse (a malformed request
-    line or header, e.g. `Content-Length: abc`: the app never sees them) with a JSON 400 like every
-    other error, instead of uvicorn's plain-text one."""
-    import h11
+def json_response(status: int, reason: str, detail: str, *headers: str) -> bytes:
+    """A whole HTTP/1.1 response, `{"detail": detail}`, that closes the connection: for the answers
+    given outside the app (a request uvicorn cannot parse, a busy server, a read timeout)."""
+    body = json.dumps({"detail": detail}).encode()
+    lines = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}",
+             "connection: close", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def default_max_connections() -> int:
+    """Half the open-file limit less 32 (the model, the log, the listening socket), 8 to 1000: at
+    `ulimit -n 1024`, 480 connections, and the server never runs out of file descriptors."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return 1000
+    if soft == resource.RLIM_INFINITY:
+        return 1000
+    return max(8, min(1000, soft // 2 - 32))
+
+
+def guarded_protocol(max_connections: int, read_timeout: float = READ_TIMEOUT):
+    """uvicorn's h11 HTTP protocol with guards against slow and too many clients:
+
+    - read timeouts: a client has read_timeout seconds from connecting (or from the previous
+      response) to send its request's headers, and may not pause longer than that while sending
+      its body; past that it gets a JSON 408 and the connection is closed (a slow client holds no
+      connection for long, however it trickles);
+    - a cap on connections: past max_connections, a new connection is answered a JSON 503 at once
+      and closed, so the server never runs out of file descriptors and keeps answering;
+    - requests uvicorn cannot parse (a malformed request line or header, e.g. `Content-Length: abc`:
+      the app never sees them) get a JSON 400 like every other error, not uvicorn's plain text.
+    """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class JsonErrorsH11Protocol(H11Protocol):
-        def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"detail": "invalid HTTP request: malformed request line or headers"}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
-            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                          h11.EndOfMessage()):
-                self.transport.write(self.conn.send(event))
+    class GuardedH11Protocol(H11Protocol):
+        timer = None  # closes the connection when the client is too slow
+        headers_deadline = None  # when the request being waited for must have its headers in
+        shedding = False  # over max_connections: answered 503, closing
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                self.shed()
+            else:
+                self.watch()
+
+        def shed(self) -> None:
+            self.shedding = True
+            self.connections.discard(self)
+            log.warning("more than %d connections: answering 503 (--max-connections)", max_connections)
+            self.transport.write(json_response(503, "Service Unavailable", "the server is busy (too many connections); "
+                                               "retry in a moment", "retry-after: 1"))
+            self.transport.write_eof()  # then close when the request arrives (read, so no reset) or in a second
+            self.timer = self.loop.call_later(1.0, self.transport.close)
+
+        def data_received(self, data: bytes) -> None:
+            if self.shedding:
+                self.transport.close()
+                return
+            super().data_received(data)
+            self.watch()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self.watch()
+
+        def connection_lost(self, exc) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+            super().connection_lost(exc)
+
+        def watch(self) -> None:
+            """Arm the timer for what the connection waits for: headers by their deadline, or the next
+            piece of a body within read_timeout; none while the app works on a request."""
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:  # waiting for a request
+                if self.headers_deadline is None:
+                    self.headers_deadline = self.loop.time() + read_timeout
+                self.timer = self.loop.call_at(self.headers_deadline, self.timed_out)
+                return
+            self.headers_deadline = None
+            if self.cycle.more_body:
+                self.timer = self.loop.call_later(read_timeout, self.timed_out)
+
+        def timed_out(self) -> None:
+            self.timer = None
+            if self.flow.read_paused:  # the app has not taken what came: not the client's delay
+                self.timer = self.loop.call_later(read_timeout, self.timed_out)
+                return
+            waiting = self.cycle is None or self.cycle.response_complete  # else a body cut short: the app logs it
+            if waiting and not self.conn.trailing_data[0]:  # not a byte of a request: an idle connection
+                self.transport.close()
+                return
+            client = "%s:%d" % self.client if self.client else "?"
+            log.warning("client %s sent no complete request within %g s (--read-timeout): closed", client, read_timeout)
+            if waiting:
+                self.transport.write(json_response(408, "Request Timeout", f"no complete request within {read_timeout:g} s"))
             self.transport.close()
 
-    return JsonErrorsH11Protocol
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(json_response(400, "Bad Request", "invalid HTTP request: malformed request line or headers"))
+            self.transport.close()
+
+    return GuardedH11Protocol
 
 
-def uvicorn_options(host: str, port: int, log_config="ferlab") -> dict:
+class RepeatFilter(logging.Filter):
+    """Lets a warning or error through once per `interval` seconds for each logger and message
+    template (a flood of one error, e.g. "Too many open files", is one line each interval); the
+    next one let through says how many were held back. Lower levels all pass."""
+
+    def __init__(self, interval: float = 10.0):
+        super().__init__()
+        self.interval = interval
+        self.seen = {}  # (logger, level, template) -> (time let through, held back since)
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = time.monotonic()
+        with self.lock:
+            last, held = self.seen.get(key, (None, 0))
+            if last is not None and now - last < self.interval:
+                self.seen[key] = (last, held + 1)
+                return False
+            if len(self.seen) > 1000:  # templates are few; this bounds messages formatted in advance
+                self.seen.clear()
+            self.seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {self.interval:g} s, not logged)"
+        return True
+
+
+def uvicorn_options(host: str, port: int, log_config="ferlab", max_connections: int | None = None,
+                    read_timeout: float = READ_TIMEOUT) -> dict:
     """How `ferlab serve` runs the app: uvicorn.run(app, **uvicorn_options(...)) (the tests run a
-    live server with uvicorn.Config(app, **the same)). HTTP/1.1 by h11 with JSON errors
-    (json_errors_protocol); uvicorn's logging with ferlab's lines (e.g. an aborted upload) beside
-    its own, unless another log_config is given (None: leave logging alone)."""
+    live server with uvicorn.Config(app, **the same)). HTTP/1.1 by h11 with read timeouts, a cap on
+    connections and JSON errors (guarded_protocol); uvicorn's logging with ferlab's lines (e.g. an
+    aborted upload) beside its own and asyncio's, each warning or error once per 10 s at most
+    (RepeatFilter), unless another log_config is given (None: leave logging alone)."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
     if log_config == "ferlab":
         log_config = copy.deepcopy(LOGGING_CONFIG)
+        log_config["filters"] = {"once_per_interval": {"()": RepeatFilter, "interval": 10.0}}
+        for handler in log_config["handlers"].values():
+            handler["filters"] = ["once_per_interval"]
         log_config["loggers"]["ferlab"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    return {"host": host, "port": port, "http": json_errors_protocol(), "log_config": log_config, "log_level": "info",
+        log_config["loggers"]["asyncio"] = {"handlers": ["default"], "level": "WARNING", "propagate": False}
+    protocol = guarded_protocol(max_connections or default_max_connections(), read_timeout)
+    return {"host": host, "port": port, "http": protocol, "log_config": log_config, "log_level": "info",
             "timeout_graceful_shutdown": 5}
 
 
@@ -540,6 +681,10 @@ def run(args) -> int:
         raise FerlabError(f"--max-upload-mb must be positive, got {args.max_upload_mb}")
     if args.max_megapixels <= 0:
         raise FerlabError(f"--max-megapixels must be positive, got {args.max_megapixels}")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise FerlabError(f"--max-connections must be at least 1, got {args.max_connections}")
+    if args.read_timeout <= 0:
+        raise FerlabError(f"--read-timeout must be positive, got {args.read_timeout}")
     rec = recognizer_from_args(args)  # here, not in the lifespan: a bad --model is a one-line error
     app = create_app(model_specs(args), max_upload_mb=args.max_upload_mb, max_megapixels=args.max_megapixels, recognizer=rec)
     if not is_loopback(args.host):
@@ -548,5 +693,6 @@ def run(args) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"ferlab serve: model {' + '.join(model_specs(args))} ({rec.backend} backend, {rec.detector.name} detector) "
           f"on http://{shown}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, **uvicorn_options(args.host, args.port))
+    uvicorn.run(app, **uvicorn_options(args.host, args.port, max_connections=args.max_connections,
+                                       read_timeout=args.read_timeout))
     return 0
