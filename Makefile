@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch is pinned to the CPU wheel that installs offline here; pyproject declares a looser range.
 TORCH := torch==2.13.0
+# The current OpenCV major (pyproject allows 4.8+; 5.x has no Haar cascades, so --detector haar and its
+# tests need 4.x or opencv-contrib-python-headless); named here so an existing venv moves to it too.
+OPENCV := opencv-python-headless==5.1.0.95
 # The lean install (`pip install .`, no extras: no torch), checked by `make test-lean` on $(PYTHON),
 # or on another Python: `make test-lean LEAN_PYTHON=~/.pyenv/versions/3.13.0/bin/python3` (the torch
 # wheel installed here is for 3.11 only, so the full suite runs on 3.11).
@@ -16,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[all,test]"
+	$(PY) -m pip install -q -e ".[all,test]" "$(OPENCV)"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -47,7 +50,7 @@ $(LEAN)/.installed: pyproject.toml
 	rm -rf $(LEAN)
 	$(LEAN_PYTHON) -m venv $(LEAN)
 	$(LEAN)/bin/python -m pip install -q --upgrade pip
-	$(LEAN)/bin/python -m pip install -q .
+	$(LEAN)/bin/python -m pip install -q . "$(OPENCV)"
 	touch $@
 
 test-lean: venv $(LEAN)/.installed

@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from ferlab.blazeface import BlazeFace  # noqa: E402
-from ferlab.faces import BlazeFaceDetector, Detector, HaarDetector  # noqa: E402
+from ferlab.faces import BlazeFaceDetector, Detector, HaarDetector, haar_available  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
 
 PYFEAT_COUNTS = {
@@ -266,7 +266,10 @@ def main():
     detectors["blazeface + close-up look + tiles >960 px (new default)"] = BlazeFaceDetector()
     detectors["same, run by OpenCV DNN (no onnxruntime)"] = BlazeFaceDetector(runtime="opencv")
     detectors["blazeface + tiles at 640x480 too"] = BlazeFaceDetector(tile=320, tile_above=400)
-    detectors["haar frontalface_default"] = HaarDetector()
+    if haar_available():
+        detectors["haar frontalface_default"] = HaarDetector()
+    else:
+        print(f"(OpenCV {cv2.__version__} has no Haar cascades: the haar detector is left out)")
 
     faces_in_photos = sum(c for _, _, c in photos)
     try:

@@ -9,8 +9,8 @@ pixels, score, eye landmarks when the backend gives them):
   and the short-range model on a padded copy for close-ups. Eye keypoints for alignment. No mediapipe, nothing downloaded.
   "mediapipe" (the old default: the same model family through the mediapipe package) is
   accepted as another name for it. Numbers: benchmarks/detectors.py.
-- "haar": OpenCV's bundled frontal-face Haar cascade (opencv-python-headless 4.x ships it;
-  5.x does not); ~20x slower, and it misses and invents faces.
+- "haar": OpenCV's bundled frontal-face Haar cascade (opencv-python-headless 4.x ships it; in
+  5.x it moved to opencv-contrib-python-headless); ~20x slower, and it misses and invents faces.
 - "none" / "full": the whole image is one face, for photos that are already face crops.
 
 Photos larger than a detector's `max_side` are detected on a downscaled copy and the boxes
@@ -209,6 +209,16 @@ def _merge(boxes, scores, kps):
     return boxes[kept], scores[kept], kps[kept]
 
 
+HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+
+
+def haar_available() -> bool:
+    """Whether this OpenCV has the Haar cascade detector and its frontal-face model: 4.x does; 5.x
+    moved both to opencv-contrib (cv2.CascadeClassifier is gone from opencv-python-headless 5)."""
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
+    return hasattr(cv2, "CascadeClassifier") and os.path.isfile(os.path.join(folder, HAAR_CASCADE))
+
+
 class HaarDetector(Detector):
     """OpenCV's frontal-face Haar cascade. Score: 1 - exp(-w/5) of the cascade's last-stage
     weight w, monotone but not a probability."""
@@ -219,11 +229,14 @@ class HaarDetector(Detector):
     crop_shift = 0.0
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5):
-        folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
-        path = os.path.join(folder, "haarcascade_frontalface_default.xml")
+        if not haar_available():
+            raise FerlabError(f"--detector haar: this OpenCV ({cv2.__version__}) has no Haar cascade detector (5.x "
+                              f"moved it to opencv-contrib-python-headless); use the default detector, blazeface, "
+                              f"or install opencv-python-headless<5")
+        path = os.path.join(cv2.data.haarcascades, HAAR_CASCADE)
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
-            raise FerlabError(f"OpenCV's Haar cascade was not found at {path} (opencv 5 ships none: install opencv<5)")
+            raise FerlabError(f"{path}: OpenCV could not load this Haar cascade")
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
 
     def _detect(self, image):
