@@ -23,6 +23,7 @@ from ferlab.data.dataset import FaceDataset
 from ferlab.data.fer2013 import apply_ferplus, load_fer2013_csv
 from ferlab.data.folders import load_image_folders
 from ferlab.data.mix import OFFICIAL_ROLES, ferplus7_soft_labels, mix_splits, source_name, to_fer2013_classes
+from ferlab.data.specs import parse_spec
 from ferlab.data.splits import apply_random_split, apply_subject_fold, default_splits, fraction_mask, stratified_split
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, LABEL_SPACES
@@ -43,19 +44,19 @@ def load_dataset(spec: str, ferplus: str | None = None, seed: int = 0, classes: 
     cache: read/write the decoded-array cache ($FERLAB_CACHE or ~/.cache/ferlab).
     """
     spec = str(spec)
-    if spec.startswith("fergit:"):
-        parts = spec[len("fergit:"):].split(",")
+    parsed = parse_spec(spec)
+    if parsed.prefix == "fergit":
+        parts = parsed.paths
         if len(parts) != 2 or not all(parts):
             raise FerlabError(f"{spec}: expected fergit:FER2013_CSV,IMAGE_DIR")
         if ferplus or classes not in (None, "fer2013"):
             raise FerlabError(f"{spec}: FERGIT uses the 7 FER2013 classes; --ferplus and other label spaces do not apply")
         return load_fergit(parts[0], parts[1], seed=seed, cache=cache)
 
-    prefix, sep, rest = spec.partition(":")
-    if sep and prefix in LABEL_SPACES:
-        if classes not in (None, prefix):
-            raise FerlabError(f"{spec}: the spec says {prefix} classes but {classes} were asked for")
-        spec, classes = rest, prefix
+    if parsed.prefix in LABEL_SPACES:
+        if classes not in (None, parsed.prefix):
+            raise FerlabError(f"{spec}: the spec says {parsed.prefix} classes but {classes} were asked for")
+        spec, classes = parsed.rest, parsed.prefix
 
     path = Path(spec)
     if path.is_dir():
@@ -150,7 +151,7 @@ def carve_validation(data: FaceDataset, seed: int) -> FaceDataset:
 
 
 def load_run_data(cfg):
-    """(dataset, train, val, test-or-None) FaceDatasets for a training config (ferlab.train.TrainConfig:
+    """(dataset, train, val, test-or-None) FaceDatasets for a training config (ferlab.training.config.TrainConfig:
     data, ferplus, seed, folds, fold, train/val/test_splits, train_fraction)."""
     data = load_with_splits(cfg.data, cfg.ferplus, cfg.seed, cfg.folds, cfg.fold)
     names = data.split_names()
@@ -178,6 +179,5 @@ def load_run_data(cfg):
 
 def data_names(data: str | list) -> str:
     """A run's data by file name (where the files live differs per machine); a mix joined by " + "."""
-    specs = data if isinstance(data, list) else [data]
-    return " + ".join(spec.partition(":")[0] + ":" + Path(spec.partition(":")[2]).name
-                      if ":" in spec and not Path(spec).exists() else Path(spec).name for spec in specs)
+    specs = map(parse_spec, data if isinstance(data, list) else [data])
+    return " + ".join(f"{s.prefix}:{Path(s.rest).name}" if s.prefix else Path(s.rest).name for s in specs)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ferlab.data.dataset import FaceDataset
 from ferlab.data.fer2013 import read_ferplus_votes
+from ferlab.data.specs import parse_spec
 from ferlab.data.splits import grouped_split, stratified_split
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, FERPLUS_CLASSES, class_index
@@ -31,7 +32,7 @@ OFFICIAL_ROLES = {"Training": "train", "PublicTest": "val", "PrivateTest": "test
 
 def source_name(spec: str) -> str:
     """The name a source goes by in a mix: "fer2013" for a FER2013 CSV, else its folder's name."""
-    path = spec.partition(":")[2] if ":" in spec and not Path(spec).exists() else spec
+    path = parse_spec(spec).rest
     if str(path).lower().endswith((".csv", ".csv.gz")):
         return "fer2013"
     return Path(path).resolve().name
