@@ -19,8 +19,8 @@ CK+48 with muxspace48 held out, and on FER2013 + muxspace48 with CK+48 held out,
 ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores both next to the MODELs.
 
 --balance-prior also scores every run directory re-balanced for its training class prior
-(ferlab/prior.py: tau chosen on the run's own validation faces, never on a scored face), as
-`scripts/bundle_default.py --balance-prior` ships it.
+(ferlab/posttrain/prior.py: tau chosen on the run's own validation faces, never on a scored face), as
+`ferlab bundle --balance-prior` ships it.
 
 Reports accuracy, macro-F1 (over the classes present) and per-class recall; prints Markdown and
 writes it with a JSON copy to --out.
@@ -44,7 +44,7 @@ from ferlab.data.mix import mix_splits, source_name, to_fer2013_classes  # noqa:
 from ferlab.evaluate import evaluate_models  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import summary  # noqa: E402
-from ferlab.prior import balance_for_run, rebalance  # noqa: E402
+from ferlab.posttrain.prior import balance_for_run, rebalance  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
 
 SHORT = {"angry": "ang", "disgust": "dis", "fear": "fea", "happy": "hap", "sad": "sad", "surprise": "sur", "neutral": "neu"}

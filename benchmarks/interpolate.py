@@ -4,7 +4,7 @@
     python benchmarks/interpolate.py ~/ferlab-runs/RUN --fer2013 DATA/fer2013/fer2013.csv.gz \
         --ckplus DATA/ckplus48/CK+48 --muxspace DATA/muxspace48 [--alphas 0.3,0.5,0.7] [--keep-bn]
 
-alpha 0 is the starting model (e.g. `default`), alpha 1 the fine-tune (ferlab/interpolate.py; its
+alpha 0 is the starting model (e.g. `default`), alpha 1 the fine-tune (ferlab/posttrain/interpolate.py; its
 BatchNorm statistics recomputed on the run's training faces unless --keep-bn). For each alpha it
 prints the run's validation accuracy / macro-F1 per source (what choose_alpha may look at) and the
 cross_dataset.py sets (what it may not): FER2013 PrivateTest, FER+, and CK+48 / muxspace48, whole
@@ -26,7 +26,7 @@ from cross_dataset import evaluation_sets, held_out_part, trained_sources  # noq
 from ferlab.atomic import atomic_write_text  # noqa: E402
 from ferlab.checkpoint import load_model  # noqa: E402
 from ferlab.evaluate import predict_probs  # noqa: E402
-from ferlab.interpolate import ALPHA_GRID, WeightLine, choose_alpha, source_scores  # noqa: E402
+from ferlab.posttrain.interpolate import ALPHA_GRID, WeightLine, choose_alpha, source_scores  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import summary  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     chosen = choose_alpha(val_scores, line.start_scores)
-    print(f"alpha chosen on validation (ferlab.interpolate.choose_alpha): {chosen}")
+    print(f"alpha chosen on validation (ferlab.posttrain.interpolate.choose_alpha): {chosen}")
     atomic_write_text(a.out or a.run / "interpolate.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
                       + json.dumps({"chosen_alpha": chosen}) + "\n")
     return 0

@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ferlab.train import BestWeights, TrainConfig  # noqa: E402
+from ferlab.training.config import TrainConfig  # noqa: E402
+from ferlab.training.run import BestWeights  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
 
 # One change each from the recipe, as `ferlab train` options.

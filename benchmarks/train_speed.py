@@ -1,6 +1,6 @@
 """Training and inference throughput of ferlab's engine for one model, in images/s.
 
-Times `ferlab.train.train_one_epoch` itself (uint8 faces in memory, batched augmentation,
+Times `ferlab.training.loop.train_one_epoch` itself (uint8 faces in memory, batched augmentation,
 forward, backward, optimizer step) on synthetic faces, for several precision/layout variants,
 so the before/after of each speed measure is one command:
 
@@ -20,7 +20,8 @@ import torch
 from ferlab.models import count_parameters, create_model
 from ferlab.device import autocast_dtype
 from ferlab.inference import batched_logits, model_forward
-from ferlab.train import TrainConfig, train_one_epoch
+from ferlab.training.config import TrainConfig
+from ferlab.training.loop import EpochSetup, train_one_epoch
 from ferlab.errors import run_script
 
 VARIANTS = {
@@ -48,9 +49,9 @@ def measure(model_name: str, variant: str, batch_size: int, steps: int, augment:
     gen = torch.Generator().manual_seed(0)
     device = torch.device("cpu")
     warm = 2 * batch_size
-    train_one_epoch(model, opt, images[:warm], labels[:warm], cfg, device=device, gen=gen)  # warm-up
+    train_one_epoch(model, opt, EpochSetup(cfg, images[:warm], labels[:warm], device, gen))  # warm-up
     t = time.perf_counter()
-    train_one_epoch(model, opt, images, labels, cfg, device=device, gen=gen)
+    train_one_epoch(model, opt, EpochSetup(cfg, images, labels, device, gen))
     train_ips = len(images) / (time.perf_counter() - t)
     forward = model_forward(model, device, cfg.amp)
     batched_logits(forward, images[:256], device=device, channels_last=cfg.channels_last)

@@ -211,7 +211,8 @@ def test_exported_file_is_a_model_with_its_card(exported, fernet_weights, tmp_pa
 def test_bad_onnx_models_are_one_line_errors(cli, capsys, exported, tmp_path):
     import onnx
 
-    from ferlab.train import TrainConfig, load_init_weights
+    from ferlab.training.config import TrainConfig
+    from ferlab.training.transfer import load_init_weights
 
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not an onnx graph" * 10)
@@ -242,7 +243,7 @@ def test_bundled_int8_export_agrees_with_its_model(astronaut, name):
     from ferlab.checkpoint import WEIGHTS_DIR
 
     if not (WEIGHTS_DIR / f"{name}-int8.onnx").is_file():
-        pytest.fail(f"src/ferlab/weights/{name}-int8.onnx is missing (scripts/bundle_default.py writes it)")
+        pytest.fail(f"src/ferlab/weights/{name}-int8.onnx is missing (`ferlab bundle --int8` writes it)")
     model, card = load_model(f"{name}-int8")
     _, fp32_card = load_model(name)
     assert card["model"] == fp32_card["model"] and card["classes"] == fp32_card["classes"]

@@ -12,13 +12,13 @@ import ferlab
 import ferlab.metrics
 from ferlab.cli import main
 from ferlab.data import load_run_data
-from ferlab.train import TrainConfig
+from ferlab.training.config import TrainConfig
 from synthetic import write_csv
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
 
 
-def test_version(capsys):
+def test_version_prints_the_package_version(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["--version"])
     assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"ferlab {ferlab.__version__}"
@@ -45,7 +45,7 @@ def test_a_csv_with_only_a_training_split_gets_a_seeded_validation_split(tmp_pat
     assert not np.array_equal(val.images, load_run_data(TrainConfig(data=str(csv), seed=4))[2].images)
 
 
-def test_train_threads(ferlab, toy_csv, tmp_path):
+def test_train_threads_sets_torch_threads(ferlab, toy_csv, tmp_path):
     proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--threads", 2, "--out", tmp_path / "run",
                   env={"OMP_NUM_THREADS": "1"})
     assert re.search(r"\b2 threads\b", proc.stdout), proc.stdout

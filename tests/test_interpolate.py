@@ -1,17 +1,14 @@
-"""Weight interpolation (ferlab/interpolate.py, issue 27): the blend is exact, BatchNorm statistics
+"""Weight interpolation (ferlab/posttrain/interpolate.py): the blend is exact, BatchNorm statistics
 are recomputed for it, and alpha is chosen so that no source loses validation accuracy beyond noise."""
-
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
-from ferlab.interpolate import ALPHA_GRID, WeightLine, choose_alpha, interpolate, interpolate_run, keeps_accuracy
-from ferlab.train import TrainConfig, fit, open_run
+from ferlab.posttrain.interpolate import ALPHA_GRID, WeightLine, choose_alpha, interpolate, interpolate_run, keeps_accuracy
+from ferlab.training.config import TrainConfig
+from ferlab.training.run import fit, open_run
 
 
 @pytest.fixture(autouse=True)
@@ -84,12 +81,3 @@ def test_interpolate_run_needs_a_run_that_started_from_a_model(make_toy_csv, fer
     line = WeightLine(tmp_path / "run", load_model(str(tmp_path / "run"))[0], start=str(fernet_weights))
     with pytest.raises(FerlabError, match="different architectures"):   # a narrower fernet_s than the start
         line.move_to(0.5)
-
-
-def test_bundle_script_names_a_directory_that_is_not_a_run_in_one_line(tmp_path):
-    """scripts/ and benchmarks/ end user errors as the CLI does (ferlab.errors.run_script): one line, exit 2."""
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bundle_default.py"
-    done = subprocess.run([sys.executable, str(script), str(tmp_path), "--data", "fer2013.csv", "--interpolate", "auto"],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"bundle_default.py: error: {tmp_path}: not a training run (no config.json)"]

@@ -63,7 +63,7 @@ RECOGNISE = textwrap.dedent("""
 """)
 
 NEEDS_TORCH = [["train", "--help"], ["evaluate", "default"], ["export", "default", "--onnx", "x.onnx"], ["models"],
-               ["tune", "--help"], ["reproduce", "--help"], ["predict", "--backend", "torch", "PHOTO"],
+               ["tune", "--help"], ["reproduce", "--help"], ["bundle", "--help"], ["predict", "--backend", "torch", "PHOTO"],
                ["predict", "--model", "ferplus", "PHOTO"]]
 
 
@@ -133,7 +133,7 @@ def test_bundled_default_runs_its_fp32_onnx_twin(astronaut):
     twin = json.loads((WEIGHTS_DIR / "default-fp32.json").read_text())
     assert twin["quantization"] == "none" and twin["fp32_parity"]["max_abs_diff"] < 1e-6
     weights = hashlib.sha256((WEIGHTS_DIR / "default.safetensors").read_bytes()).hexdigest()
-    assert twin["card"]["weights_sha256"] == weights, "default-fp32.onnx is stale: scripts/bundle_default.py rewrites it"
+    assert twin["card"]["weights_sha256"] == weights, "default-fp32.onnx is stale: `ferlab bundle` rewrites it"
     assert twin["card"]["metrics"] == card["metrics"]
     assert twin["onnx_sha256"] == hashlib.sha256((WEIGHTS_DIR / "default-fp32.onnx").read_bytes()).hexdigest()
     x = np.random.default_rng(0).random((12, 48, 48), dtype=np.float32)

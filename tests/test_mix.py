@@ -18,7 +18,8 @@ from ferlab.cli import main as ferlab_main
 from ferlab.data import grouped_split, load_dataset, load_mix, load_run_data
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES
-from ferlab.train import TrainConfig, fit, open_run, train_command
+from ferlab.training.config import TrainConfig, train_command
+from ferlab.training.run import fit, open_run
 from synthetic import synthetic_faces, write_csv
 
 FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
@@ -76,7 +77,7 @@ def test_mix_maps_labels_keeps_official_splits_and_names_sources(sources, capsys
         assert {str(s) for s in data.splits[data.origins == name]} == {"train", "val", "test"}
 
 
-def test_subject_disjoint_split_of_a_source_with_subjects(sources):
+def test_a_source_with_subjects_is_split_subject_disjoint(sources):
     data = load_mix([sources["fer"], sources["ck"]], seed=0)
     ck = data.subset(data.origins == "CK+48")
     raw = load_dataset(sources["ck"])
@@ -157,7 +158,7 @@ def test_mix_trains_reports_each_source_and_recreates_its_command(sources, tmp_p
 
 
 def test_source_weights_change_what_an_epoch_draws(sources):
-    from ferlab.train import parse_source_weights
+    from ferlab.training.config import parse_source_weights
     assert parse_source_weights("fer2013=1,CK+48=2.5") == {"fer2013": 1.0, "CK+48": 2.5}
     for bad in ("CK+48", "CK+48=x", "=2", "CK+48=-1"):
         with pytest.raises(FerlabError, match="--source-weights"):

@@ -1,4 +1,4 @@
-"""Post-hoc prior adjustment (ferlab/prior.py, issue 27): the folded bias gives exactly the re-balanced
+"""Post-hoc prior adjustment (ferlab/posttrain/prior.py): the folded bias gives exactly the re-balanced
 probabilities, tau is chosen on validation faces and recovers a balanced decision, and a run's
 training prior is read from its own training faces."""
 
@@ -12,8 +12,10 @@ from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
 from ferlab.evaluate import predict_probs
 from ferlab.labels import FER2013_CLASSES
-from ferlab.prior import balance_for_run, choose_tau, class_prior, fold_into_bias, mean_source_macro_f1, rebalance
-from ferlab.train import TrainConfig, fit, open_run
+from ferlab.posttrain.prior import balance_for_run, choose_tau, fold_into_bias, mean_source_macro_f1, rebalance
+from ferlab.training.config import TrainConfig
+from ferlab.training.losses import class_prior
+from ferlab.training.run import fit, open_run
 from synthetic import synthetic_faces
 
 

@@ -26,7 +26,10 @@ from ferlab.recipes import get_recipe
 from ferlab.cli import build_parser
 from ferlab.data import load_run_data, load_with_splits
 from ferlab.device import describe_machine
-from ferlab.train import BestWeights, TrainConfig, balanced_class_weights, config_from_args, fit, open_run, train_command
+from ferlab.training.cli import config_from_args
+from ferlab.training.config import TrainConfig, train_command
+from ferlab.training.losses import balanced_class_weights
+from ferlab.training.run import BestWeights, fit, open_run
 from synthetic import synthetic_faces, wait_until
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
@@ -53,7 +56,7 @@ def tiny_config(data, **overrides) -> TrainConfig:
     return TrainConfig(**{**base, **overrides})
 
 
-def test_learns_separable_problem(toy_csv, tmp_path):
+def test_training_learns_a_separable_problem(toy_csv, tmp_path):
     history = fit(tiny_config(toy_csv, epochs=6), tmp_path / "run", log=lambda *a: None).history
     assert history[-1]["val_acc"] > 0.9
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -81,7 +84,7 @@ PAPER_MODELS_LEARNABLE = {
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_MODELS_LEARNABLE))
-def test_paper_model_learns_separable_problem(name, toy_csv, tmp_path):
+def test_each_paper_model_learns_a_separable_problem(name, toy_csv, tmp_path):
     cfg = TrainConfig(model=name, model_kwargs=PAPER_MODELS_LEARNABLE[name], data=str(toy_csv), epochs=8, batch_size=32,
                       optimizer="adam", lr=1e-3, seed=0, amp="fp32")   # fp32: scored as batchnorm_check scores
     history = fit(cfg, tmp_path / "run", log=lambda *a: None).history
@@ -118,7 +121,7 @@ def test_train_fraction_keeps_a_seeded_stratified_share():
         assert abs(keep[labels == c].sum() - 0.3 * n) <= 1, c
 
 
-def test_learns_with_mixup_and_cutmix(toy_csv, tmp_path):
+def test_training_learns_with_mixup_and_cutmix(toy_csv, tmp_path):
     history = fit(tiny_config(toy_csv, epochs=8, mixup=0.4, cutmix=1.0), tmp_path / "run", log=lambda *a: None).history
     assert history[-1]["val_acc"] > 0.9
 
@@ -167,7 +170,7 @@ def test_distillation_learns_from_the_teacher_not_the_labels(toy_csv, tmp_path):
 
 def test_init_fine_tunes_from_a_trained_model(toy_csv, tmp_path):
     from ferlab.models import create_model
-    from ferlab.train import load_init_weights
+    from ferlab.training.transfer import load_init_weights
 
     quiet = dict(log=lambda *a: None)
     assert fit(tiny_config(toy_csv, epochs=6), tmp_path / "source", **quiet).history[-1]["val_acc"] > 0.9
@@ -199,7 +202,7 @@ def test_init_fine_tunes_from_a_trained_model(toy_csv, tmp_path):
 
 def test_ema_warms_up_then_decays_at_the_configured_rate():
     from torch.optim.swa_utils import AveragedModel
-    from ferlab.train import average_update_fn
+    from ferlab.training.optim import average_update_fn
 
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
@@ -220,7 +223,7 @@ def test_ema_warms_up_then_decays_at_the_configured_rate():
 
 def test_uniform_average_is_the_mean_of_all_updates():
     from torch.optim.swa_utils import AveragedModel
-    from ferlab.train import average_update_fn
+    from ferlab.training.optim import average_update_fn
 
     model = torch.nn.BatchNorm1d(1)
     average = AveragedModel(model, multi_avg_fn=average_update_fn(None), use_buffers=True)
@@ -253,7 +256,7 @@ def test_weight_average_of_the_last_epochs(toy_csv, tmp_path):
         tiny_config(toy_csv, average_from=1.0)
 
 
-def test_early_stopping_and_plateau(toy_csv, tmp_path):
+def test_early_stopping_ends_a_run_and_plateau_lowers_the_lr(toy_csv, tmp_path):
     # A learning rate too small to move the weights of a model without BatchNorm (whose running
     # statistics would move anyway): validation accuracy never improves after epoch 1.
     cfg = tiny_config(toy_csv, model="li2023", model_kwargs={}, epochs=20, lr=1e-7, schedule="plateau",
@@ -288,17 +291,40 @@ def test_select_last_keeps_the_last_epoch_whatever_validation_says(toy_csv, tmp_
     assert all(torch.equal(state[k], last[k]) for k in last)
 
 
-def test_balanced_class_weights():
+def test_balanced_class_weights_are_inverse_to_class_frequency():
     labels = np.array([0] * 60 + [1] * 30 + [2] * 10)
     w = balanced_class_weights(labels, 4)
     assert torch.allclose(w[:3], torch.tensor([100 / 180, 100 / 90, 100 / 30]))
     assert w[3] == 0  # absent class
 
 
-def test_class_weights_change_training(toy_csv, tmp_path):
-    a = fit(tiny_config(toy_csv, epochs=1, amp="fp32"), tmp_path / "a", log=lambda *a: None).history
-    b = fit(tiny_config(toy_csv, epochs=1, amp="fp32", class_weights="balanced"), tmp_path / "b", log=lambda *a: None).history
-    assert a[0]["train_loss"] != b[0]["train_loss"]
+def write_imbalanced_csv(path: Path, minority: int, n_minority: int) -> Path:
+    """Toy faces whose training split holds 400 faces of six classes and only `n_minority` of class
+    `minority`; validation and test faces keep all seven classes in their natural shares."""
+    images, labels = synthetic_faces(1400, seed=1)
+    rest, rare = np.flatnonzero(labels[:1000] != minority), np.flatnonzero(labels[:1000] == minority)
+    parts = ((np.concatenate([rest[:400], rare[:n_minority]]), "Training"), (range(1000, 1200), "PublicTest"),
+             (range(1200, 1400), "PrivateTest"))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["emotion", "pixels", "Usage"])
+        w.writerows([int(labels[i]), " ".join(map(str, images[i].ravel())), usage] for rows, usage in parts for i in rows)
+    return path
+
+
+def test_balanced_class_weights_make_a_rare_class_recognised(tmp_path):
+    data = write_imbalanced_csv(tmp_path / "imbalanced.csv", minority=1, n_minority=12)
+    test = load_with_splits(str(data)).select("PrivateTest")
+    rare = test.labels == 1
+    recall, predicted = {}, {}
+    for weights in ("none", "balanced"):
+        cfg = tiny_config(data, epochs=4, amp="fp32", class_weights=weights, select="last")
+        fit(cfg, tmp_path / weights, log=lambda *a: None)
+        pred = predict_probs(load_model(str(tmp_path / weights))[0], test.images).argmax(1)
+        recall[weights], predicted[weights] = (pred[rare] == 1).mean(), (pred == 1).sum()
+    # 12 of 412 training faces: unweighted, the rare class is never predicted; balanced, it is found
+    assert recall["none"] < 0.2 and recall["balanced"] > 0.8, recall
+    assert predicted["balanced"] > predicted["none"], predicted
 
 
 def test_killed_run_resumes_to_the_same_end(ferlab, toy_csv, tmp_path):
@@ -326,7 +352,7 @@ def test_killed_run_resumes_to_the_same_end(ferlab, toy_csv, tmp_path):
             assert float(s[key]) == pytest.approx(float(r[key]), rel=1e-6, abs=1e-7), (s["epoch"], key)
 
 
-def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "metrics.csv"
     atomic_write_text(target, "old")
     from ferlab.atomic import atomic_write
@@ -354,7 +380,7 @@ def test_bad_options_fail_in_one_line(ferlab, toy_csv, tmp_path, extra, message)
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_bad_data_path_fails_cleanly(ferlab, tmp_path):
+def test_a_missing_data_file_fails_in_one_line(ferlab, tmp_path):
     proc = ferlab("train", *TINY, "--data", tmp_path / "missing.csv", "--out", tmp_path / "r", check=False)
     assert proc.returncode == 2 and "missing.csv" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -370,7 +396,7 @@ def test_run_directory_is_never_overwritten(ferlab, toy_csv, tmp_path):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
-def test_corrupt_checkpoint_on_resume(ferlab, toy_csv, tmp_path):
+def test_resuming_from_a_corrupt_checkpoint_fails_in_one_line(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
     (run / "last.pt").write_bytes(b"not a checkpoint")
@@ -378,7 +404,7 @@ def test_corrupt_checkpoint_on_resume(ferlab, toy_csv, tmp_path):
     assert proc.returncode == 2 and "last.pt" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_resume_rejects_checkpoint_of_another_model(ferlab, toy_csv, tmp_path):
+def test_resume_rejects_the_checkpoint_of_another_model(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", run)
     config = json.loads((run / "config.json").read_text())
@@ -388,7 +414,7 @@ def test_resume_rejects_checkpoint_of_another_model(ferlab, toy_csv, tmp_path):
     assert proc.returncode == 2 and "does not match" in proc.stderr
 
 
-def test_recipes_fill_options(ferlab, toy_csv, tmp_path):
+def test_a_recipe_fills_the_options_not_given(ferlab, toy_csv, tmp_path):
     proc = ferlab("recipes")
     for name in ("triwijoyo2021", "sarmah2023", "bah2022", "li2023", "fernet"):
         assert name in proc.stdout
@@ -446,7 +472,7 @@ def test_ferplus_soft_targets_train_an_8_class_model(ferlab, toy_csv, tmp_path):
     assert "with FER+ labels (fer2013new.csv)" in (tmp_path / "eval" / "report.md").read_text().splitlines()[0]
 
 
-def test_evaluate_writes_report(ferlab, toy_csv, tmp_path):
+def test_evaluate_writes_a_report(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 4, "--lr", 3e-3, "--out", run)
     out = tmp_path / "eval"
@@ -499,7 +525,7 @@ def test_subject_folds_train_and_evaluate_on_the_same_split(ferlab, tmp_path):
     assert bad.returncode == 2 and "--folds >= 3" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_data_parallel_matches_single_process(ferlab, toy_csv, tmp_path):
+def test_data_parallel_training_matches_one_process(ferlab, toy_csv, tmp_path):
     """torchrun with 2 CPU processes (gloo) vs one process with the same global batch."""
     common = ["train", *TINY, "--data", toy_csv, "--epochs", 3, "--batch-size", 32, "--amp", "fp32", "--lr", 3e-3]
     ferlab(*common, "--out", tmp_path / "single")
@@ -581,13 +607,13 @@ def test_unwritable_out_fails_before_any_work(cli, finished_run, toy_csv, tmp_pa
     """(issue 29, defect 5) train and evaluate check --out first: one line, before training/evaluating.
     (The tests run as root, whom permissions do not stop: a path under a regular file stands in.)"""
     import ferlab.evaluate
-    import ferlab.train
+    import ferlab.training.cli
     blocker = tmp_path / "a-file"
     blocker.write_text("")
 
     def never(*args, **kwargs):
         raise AssertionError("ran before checking --out")
-    monkeypatch.setattr(ferlab.train, "fit", never)
+    monkeypatch.setattr(ferlab.training.cli, "fit", never)
     monkeypatch.setattr(ferlab.evaluate, "evaluate_models", never)
     code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 1, "--out", blocker / "run")
     assert code == 2 and "a-file/run" in err and "cannot write" in err and len(err.strip().splitlines()) == 1, err

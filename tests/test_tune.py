@@ -46,7 +46,7 @@ def states(study) -> dict:
     return out
 
 
-def test_study_runs_and_writes_best_json(toy_csv, tmp_path, one_thread, capsys):
+def test_a_study_runs_and_writes_best_json(toy_csv, tmp_path, one_thread, capsys):
     assert main(tune_args(toy_csv, tmp_path, 3)) == 0
     study = load_study(tmp_path)
     assert states(study) == {"COMPLETE": 3}
@@ -129,7 +129,8 @@ def test_two_workers_share_one_study(toy_csv, tmp_path, one_thread, capsys):
 
 def test_epoch_callback_can_stop_a_run(toy_csv, tmp_path, one_thread):
     from ferlab.tune import read_history
-    from ferlab.train import TrainConfig, fit
+    from ferlab.training.config import TrainConfig
+    from ferlab.training.run import fit
 
     cfg = TrainConfig(model="sarmah2023_8conv", model_kwargs={"first_filters": 4, "max_filters": 8}, data=str(toy_csv),
                       epochs=3, batch_size=32, test_splits="")

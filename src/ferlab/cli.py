@@ -5,7 +5,7 @@ FerlabError and are printed here on one line, with exit status 2 and no tracebac
 
 `pip install ferlab` has no PyTorch: predict, video, webcam, serve and demo run the bundled ONNX
 models without it, and the commands that need it (train, evaluate, export, tune, reproduce,
-models) fail on one line naming `pip install "ferlab[train]"`.
+models, bundle) fail on one line naming `pip install "ferlab[train]"`.
 """
 
 import argparse
@@ -24,11 +24,12 @@ COMMANDS = {
     "data": ("ferlab.data.cli", "inspect data sets (ferlab data summary PATH)"),
     "models": ("ferlab.models.cli", "list the model zoo with parameter counts"),
     "recipes": ("ferlab.recipes", "list the papers' training recipes"),
-    "train": ("ferlab.train", "train a model"),
+    "train": ("ferlab.training.cli", "train a model"),
     "evaluate": ("ferlab.evaluate", "evaluate a model and write the report"),
     "predict": ("ferlab.predict", "recognise expressions in images and folders"),
     "video": ("ferlab.video", "recognise expressions in a video file"),
     "webcam": ("ferlab.video", "recognise expressions live from a webcam"),
+    "bundle": ("ferlab.posttrain.bundle", "ship a finished run as a bundled model: weights, model card, ONNX"),
     "export": ("ferlab.export", "export a model to ONNX"),
     "serve": ("ferlab.serve", "run the HTTP service"),
     "tune": ("ferlab.tune", "sarmah2023's random search over its CNN families (Optuna)"),

@@ -45,7 +45,9 @@ from ferlab.data import load_dataset, load_run_data
 from ferlab.errors import FerlabError
 from ferlab.models import count_parameters, create_model
 from ferlab.models.sarmah2023 import SARMAH2023_SEARCH_SPACE
-from ferlab.train import TrainConfig, duration, fit, measure_epoch_seconds, open_run
+from ferlab.training.config import TrainConfig
+from ferlab.training.run import fit, open_run
+from ferlab.training.timing import duration, measure_epoch_seconds
 
 try:
     import fcntl

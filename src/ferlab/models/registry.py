@@ -46,3 +46,10 @@ def count_parameters(model: nn.Module, keras_style: bool = False) -> int:
     if keras_style:
         n += sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
     return n
+
+
+def last_linear(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The name and module of the model's last nn.Linear: its classifier in every registry model
+    (its rows are the classes); None when it has none."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None

@@ -21,7 +21,9 @@ from ferlab.evaluate import batchnorm_check, evaluate_models
 from ferlab.metrics import _savefig, classification_report
 from ferlab.models import count_parameters, create_model
 from ferlab.recipes import get_recipe
-from ferlab.train import TrainConfig, duration, fit, measure_epoch_seconds, open_run
+from ferlab.training.config import TrainConfig
+from ferlab.training.run import fit, open_run
+from ferlab.training.timing import duration, measure_epoch_seconds
 
 # Where data paths come from when no option names them.
 PATH_ENV = {"data": "FERLAB_DATA", "fergit": "FERLAB_FERGIT", "ckplus": "FERLAB_CKPLUS"}

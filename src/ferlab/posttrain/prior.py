@@ -21,15 +21,12 @@ from ferlab.data import load_run_data
 from ferlab.errors import FerlabError
 from ferlab.evaluate import predict_probs
 from ferlab.metrics import source_summaries
-from ferlab.train import run_config
+from ferlab.models.registry import last_linear
+from ferlab.posttrain.selection import best_setting, mean_macro_f1
+from ferlab.training.config import run_config
+from ferlab.training.losses import class_prior
 
 TAU_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-
-
-def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Class frequencies of `labels`, every class at least 1e-6 (so its log stays finite)."""
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return np.maximum(counts / max(counts.sum(), 1), 1e-6)
 
 
 def rebalance(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
@@ -42,25 +39,25 @@ def rebalance(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
 
 def mean_source_macro_f1(probs: np.ndarray, labels: np.ndarray, origins: np.ndarray | None, classes) -> float:
     """Macro-F1 (over the classes present) of each source's rows, averaged over the sources."""
-    return float(np.mean([s["macro_f1"] for s in source_summaries(labels, probs.argmax(1), origins, classes).values()]))
+    return mean_macro_f1(source_summaries(labels, probs.argmax(1), origins, classes))
 
 
 def choose_tau(probs, labels, origins, prior, classes, grid=TAU_GRID) -> tuple[float, dict]:
-    """(the tau of `grid` with the best mean_source_macro_f1 on these validation faces, {tau: score}).
-    Ties go to the smaller tau: the least change that does as well."""
-    scores = {tau: mean_source_macro_f1(rebalance(probs, prior, tau), labels, origins, classes) for tau in grid}
-    best = max(scores, key=lambda tau: (round(scores[tau], 6), -tau))
-    return best, scores
+    """(the tau of `grid` with the best mean source macro-F1 on these validation faces (posttrain.selection),
+    {tau: that mean})."""
+    sources = {tau: source_summaries(labels, rebalance(probs, prior, tau).argmax(1), origins, classes) for tau in grid}
+    return best_setting(sources), {tau: mean_macro_f1(s) for tau, s in sources.items()}
 
 
 def fold_into_bias(model: nn.Module, prior: np.ndarray, tau: float) -> None:
     """Subtract tau * log(prior) from the bias of the model's last nn.Linear (its class scores), in place."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears or linears[-1].bias is None or linears[-1].out_features != len(prior):
+    found = last_linear(model)
+    layer = found[1] if found else None
+    if layer is None or layer.bias is None or layer.out_features != len(prior):
         raise FerlabError(f"{type(model).__name__}: its last layer is not a linear layer with a bias over {len(prior)} classes; "
                           "cannot fold a prior adjustment into it")
     with torch.no_grad():
-        bias = linears[-1].bias
+        bias = layer.bias
         bias -= torch.as_tensor(tau * np.log(prior), dtype=bias.dtype, device=bias.device)
 
 

@@ -27,7 +27,8 @@ from ferlab.data import load_run_data
 from ferlab.errors import FerlabError
 from ferlab.evaluate import predict_probs
 from ferlab.metrics import source_summaries
-from ferlab.train import run_config
+from ferlab.posttrain.selection import best_setting
+from ferlab.training.config import run_config
 
 ALPHA_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 BN_FACES = 4000   # training faces the BatchNorm statistics are recomputed on
@@ -58,10 +59,9 @@ def keeps_accuracy(score: dict, start: dict) -> bool:
 
 def choose_alpha(scores: dict, start: dict) -> float | None:
     """The alpha of `scores` ({alpha: source_scores}) where every source keeps the start's validation
-    accuracy (keeps_accuracy), with the best mean source macro-F1 (ties: the smaller alpha); None if none keeps it."""
+    accuracy (keeps_accuracy), with the best mean source macro-F1 (posttrain.selection); None if none keeps it."""
     keeps = [alpha for alpha, s in scores.items() if all(keeps_accuracy(s[src], start[src]) for src in start)]
-    return max(keeps, key=lambda alpha: (round(float(np.mean([s["macro_f1"] for s in scores[alpha].values()])), 6), -alpha),
-               default=None)
+    return best_setting(scores, among=keeps)
 
 
 class WeightLine:
