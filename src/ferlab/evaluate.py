@@ -35,6 +35,7 @@ from ferlab.errors import FerlabError
 from ferlab.inference import batched_probs, model_forward
 from ferlab.metrics import classification_report, plot_confusion, report_markdown
 from ferlab.models import create_model
+from ferlab.npinference import ensemble_mean
 from ferlab.tta import TTA_MODES
 
 
@@ -55,6 +56,7 @@ def batchnorm_check(run: Path, cfg, *, max_images: int = 4096, seed: int = 0, de
         return None
     state = load_state(Path(run) / "last.pt")
     model.load_state_dict(state["model"])
+    model.to(device)   # the faces go to `device`: so must the weights (a CUDA reproduce crashed here)
     subset = test if test is not None else val
     pick = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_images])
 
@@ -72,19 +74,19 @@ def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", 
     """Average probabilities of one or more models (an ensemble); returns (probs, model cards).
     Members must name the same classes (FerlabError naming the first one that does not).
     bn_images: faces to recompute each model's BatchNorm statistics on first (see recalibrate_batchnorm)."""
-    probs, cards = None, []
+    members, cards = [], []
     for spec in specs:
         model, card = load_model(spec, device)
         check_same_classes([specs[0], spec], [cards[0] if cards else card, card])
         if bn_images is not None and not recalibrate_batchnorm(model, bn_images, device=device):
             raise FerlabError(f"{spec}: --recalibrate-bn needs BatchNorm layers in a PyTorch model; this one has none")
         p = predict_probs(model, images, tta=tta, device=device, amp=amp)
-        if probs is not None and p.shape != probs.shape:
+        if members and p.shape != members[0].shape:
             raise FerlabError(f"{spec}: an ensemble needs the same classes, but it gives {p.shape[1]} class scores "
-                              f"and {specs[0]} {probs.shape[1]}")
-        probs = p if probs is None else probs + p
+                              f"and {specs[0]} {members[0].shape[1]}")
+        members.append(p)
         cards.append(card)
-    return probs / len(specs), cards
+    return ensemble_mean(members), cards
 
 
 def add_arguments(p) -> None:

@@ -10,7 +10,7 @@ and their mirrors); tests/test_lean.py checks the two loops agree to ~1e-6.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -71,3 +71,12 @@ def batched_probs(forward: Forward, faces: np.ndarray, tta: str = "none", batch_
         probs = [softmax(np.asarray(forward(v))) for v in tta_views(batch, tta)]
         out.append(probs[0] if len(probs) == 1 else np.mean(probs, axis=0, dtype=np.float32))
     return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, 0), np.float32)
+
+
+def ensemble_mean(members: Iterable[np.ndarray]) -> np.ndarray:
+    """An ensemble's probabilities, float32: its members' (N, C) probabilities summed in order and
+    divided by their number (Recognizer and `ferlab evaluate` average the same way)."""
+    total, n = None, 0
+    for probs in members:
+        total, n = (probs if total is None else total + probs), n + 1
+    return (total / n).astype(np.float32, copy=False)

@@ -194,7 +194,7 @@ class Recognizer:
                                 precision=self.precision, channels_last=self.channels_last,
                                 check=lambda n, i=i: self._check_scores(i, n))
                        for i, runner in enumerate(self.runners))
-        return (sum(members) / len(self.models)).astype(np.float32, copy=False)
+        return npinference.ensemble_mean(members)
 
     def _forward(self, i: int):
         runner = self.runners[i]
