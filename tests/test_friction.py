@@ -45,8 +45,10 @@ def test_a_csv_with_only_a_training_split_gets_a_seeded_validation_split(tmp_pat
     assert not np.array_equal(val.images, load_run_data(TrainConfig(data=str(csv), seed=4))[2].images)
 
 
+@pytest.mark.slow
 def test_train_threads_sets_torch_threads(ferlab, toy_csv, tmp_path):
-    proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--threads", 2, "--out", tmp_path / "run",
+    proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--threads", 2, "--device", "cpu",
+                  "--out", tmp_path / "run",
                   env={"OMP_NUM_THREADS": "1"})
     assert re.search(r"\b2 threads\b", proc.stdout), proc.stdout
     assert "threads" not in json.loads((tmp_path / "run" / "config.json").read_text())

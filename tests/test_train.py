@@ -57,7 +57,7 @@ def tiny_config(data, **overrides) -> TrainConfig:
 
 
 def test_training_learns_a_separable_problem(toy_csv, tmp_path):
-    history = fit(tiny_config(toy_csv, epochs=6), tmp_path / "run", log=lambda *a: None).history
+    history = fit(tiny_config(toy_csv, epochs=6), tmp_path / "run", device="cpu", log=lambda *a: None).history
     assert history[-1]["val_acc"] > 0.9
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     for name in ("best.safetensors", "last.pt", "metrics.csv", "curves.png"):
@@ -83,6 +83,7 @@ PAPER_MODELS_LEARNABLE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER_MODELS_LEARNABLE))
 def test_each_paper_model_learns_a_separable_problem(name, toy_csv, tmp_path):
     cfg = TrainConfig(model=name, model_kwargs=PAPER_MODELS_LEARNABLE[name], data=str(toy_csv), epochs=8, batch_size=32,
@@ -327,9 +328,11 @@ def test_balanced_class_weights_make_a_rare_class_recognised(tmp_path):
     assert predicted["balanced"] > predicted["none"], predicted
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_end(ferlab, toy_csv, tmp_path):
     args = ["train", *TINY, "--data", toy_csv, "--epochs", 8, "--batch-size", 32, "--optimizer", "sgd", "--lr", 0.05,
-            "--schedule", "onecycle", "--augment", "fernet", "--ema", 0.9, "--label-smoothing", 0.1, "--average-from", 0.25]
+            "--schedule", "onecycle", "--augment", "fernet", "--ema", 0.9, "--label-smoothing", 0.1, "--average-from", 0.25,
+            "--device", "cpu"]   # exact on a CPU; test_cuda.py resumes on a GPU
     ferlab(*args, "--out", tmp_path / "straight")
 
     killed = tmp_path / "killed"
@@ -341,7 +344,7 @@ def test_killed_run_resumes_to_the_same_end(ferlab, toy_csv, tmp_path):
     done = load_state(killed / "last.pt")["epoch"]
     assert 2 <= done < 8, "the run should have been killed part-way"
 
-    ferlab("train", "--resume", "--out", killed)
+    ferlab("train", "--resume", "--out", killed, "--device", "cpu")
     straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(killed)
     assert len(resumed) == 8
     for s, r in zip(straight, resumed):
@@ -472,6 +475,7 @@ def test_ferplus_soft_targets_train_an_8_class_model(ferlab, toy_csv, tmp_path):
     assert "with FER+ labels (fer2013new.csv)" in (tmp_path / "eval" / "report.md").read_text().splitlines()[0]
 
 
+@pytest.mark.slow
 def test_evaluate_writes_a_report(ferlab, toy_csv, tmp_path):
     run = tmp_path / "run"
     ferlab("train", *TINY, "--data", toy_csv, "--epochs", 4, "--lr", 3e-3, "--out", run)
@@ -497,6 +501,7 @@ def test_evaluate_writes_a_report(ferlab, toy_csv, tmp_path):
     assert missing.returncode == 2 and "nosuchrun: not a weights file, run directory or bundled model" in missing.stderr
 
 
+@pytest.mark.slow
 def test_subject_folds_train_and_evaluate_on_the_same_split(ferlab, tmp_path):
     """--folds K --fold I: fold I tests, fold I+1 validates, no subject on two sides, and evaluate
     given the same options scores exactly that fold's faces."""
@@ -525,9 +530,11 @@ def test_subject_folds_train_and_evaluate_on_the_same_split(ferlab, tmp_path):
     assert bad.returncode == 2 and "--folds >= 3" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_data_parallel_training_matches_one_process(ferlab, toy_csv, tmp_path):
     """torchrun with 2 CPU processes (gloo) vs one process with the same global batch."""
-    common = ["train", *TINY, "--data", toy_csv, "--epochs", 3, "--batch-size", 32, "--amp", "fp32", "--lr", 3e-3]
+    common = ["train", *TINY, "--data", toy_csv, "--epochs", 3, "--batch-size", 32, "--amp", "fp32", "--lr", 3e-3,
+              "--device", "cpu"]
     ferlab(*common, "--out", tmp_path / "single")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
                 "-m", "ferlab", *map(str, common), "--out", str(tmp_path / "ddp")]

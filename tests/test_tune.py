@@ -104,6 +104,7 @@ def test_killed_worker_is_retried_from_its_last_epoch(toy_csv, tmp_path, one_thr
     assert "(resuming)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(toy_csv, tmp_path, one_thread, capsys):
     args = tune_args(toy_csv, tmp_path, 6)
     other = ferlab_process(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
