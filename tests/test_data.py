@@ -351,6 +351,19 @@ def test_fergit_composition_and_seeded_split(tmp_path):
     assert not np.array_equal(ds.splits, load_dataset(spec, seed=2).splits)
 
 
+def test_bah2022_recipe_on_a_fer2013_csv_trains_on_its_official_splits(make_toy_csv, tmp_path, capsys, one_thread):
+    """(issue 38) The bah2022 recipe names FERGIT's splits (train/val/test); on a FER2013 CSV, which
+    has none of them, they are Training/PublicTest/PrivateTest, said in one line."""
+    csv = make_toy_csv(70, 21, 21)
+    run = tmp_path / "run"
+    assert ferlab_main(["train", "--recipe", "bah2022", "--data", str(csv), "--epochs", "1", "--device", "cpu",
+                        "--model-kwargs", '{"widths": [4, 4, 8, 8, 8, 8]}', "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert ("--recipe bah2022 names FERGIT's splits; this data has FER2013's, so it trains on Training, "
+            "validates on PublicTest and tests on PrivateTest") in err, err
+    assert "test_acc" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
 # --------------------------------------------------------------------------------------- splits
 
 def test_stratified_split_proportions_and_determinism():

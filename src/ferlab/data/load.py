@@ -27,6 +27,7 @@ from ferlab.data.specs import parse_spec
 from ferlab.data.splits import apply_random_split, apply_subject_fold, default_splits, fraction_mask, stratified_split
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, LABEL_SPACES
+from ferlab.recipes import recipe_splits
 
 FERGIT_FRACTIONS = (0.9, 0.05, 0.05)
 
@@ -165,6 +166,7 @@ def load_run_data(cfg):
     test_s = auto[2] if cfg.test_splits == "auto" else cfg.test_splits
     if carved and cfg.test_splits == "auto":
         test_s = ""
+    train_s, val_s, test_s = recipe_splits(cfg, names, (train_s, val_s, test_s))
     if "sources" in data.extra:   # a mix splits every source train/val/test: FER2013's names say which part
         train_s, val_s, test_s = (",".join(dict.fromkeys(OFFICIAL_ROLES.get(n, n) for n in s.split(","))) if s else s
                                   for s in (train_s, val_s, test_s))
