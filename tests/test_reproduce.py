@@ -8,6 +8,7 @@ import re
 
 import cv2
 import pytest
+import torch
 
 from ferlab.cli import main
 from ferlab.labels import CKPLUS_CLASSES, FER2013_CLASSES
@@ -53,10 +54,15 @@ def data_args(paper, data) -> list[str]:
     return ["--data", str(data["csv"])]
 
 
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("paper", list(PAPER_NUMBERS))
-def test_smoke_report_of_each_paper(paper, data, tmp_path, one_thread, capsys):
+def test_smoke_report_of_each_paper(paper, device, data, tmp_path, one_thread, capsys):
     out = tmp_path / "repro"
-    assert main(["reproduce", paper, "--budget", "smoke", *data_args(paper, data), "--out", str(out)]) == 0
+    assert main(["reproduce", paper, "--budget", "smoke", *data_args(paper, data), "--out", str(out),
+                 "--device", device]) == 0
     assert re.search(r"estimate: [12] epochs x [\d.]+ s/epoch measured here = \d+ min", capsys.readouterr().out)
     report = (out / "report.md").read_text()
     payload = json.loads((out / "report.json").read_text())
@@ -72,6 +78,8 @@ def test_smoke_report_of_each_paper(paper, data, tmp_path, one_thread, capsys):
     for fig in FIGURES[paper]:
         assert (out / fig).stat().st_size > 1000, fig
     assert "| # | claim | paper | ours | protocol difference |" in report
+    machine = next(line for line in report.splitlines() if line.startswith("- machine: "))
+    assert ("CPUs" in machine) == (device == "cpu"), machine   # on CUDA it names the GPU the runs trained on
     assert payload["reductions"], "the smoke budget must say what it reduced"
     checked = [name for name, res in payload["runs"].items() if res["bn_check"]]   # runs of models with BatchNorm
     if paper == "li2023":

@@ -271,7 +271,7 @@ class Reproduction:
             lines.append("- reduced from the paper's protocol: " + "; ".join(self.reductions))
         lines += [f"- data: {note}" for note in self.data_notes]
         train_s = sum(r["train_seconds"] for r in self.results.values()) + self.other_seconds
-        lines += [f"- machine: {describe_machine()}; "
+        lines += [f"- machine: {describe_machine(resolve_device(self.device))}; "
                   f"training time of the runs {minutes(train_s)}, this invocation {minutes(seconds)}",
                   f"- runs: `{self.out / 'runs'}` (each a `ferlab train` run directory; "
                   "`ferlab evaluate RUN --data ...` re-scores one)",
