@@ -1,7 +1,10 @@
 """Synthetic FER data for tests: separable toy faces and a FER2013-layout CSV of them; and
-`wait_until`, how tests wait for another process."""
+`wait_until`, how tests wait for another process (`kill_training_after`: a training killed part-way)."""
 
 import csv
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,16 @@ def wait_until(condition, timeout: float = 120, interval: float = 0.05) -> bool:
             return False
         time.sleep(interval)
     return True
+
+
+def kill_training_after(args: list, out: Path, epochs: int, env: dict | None = None) -> None:
+    """`python -m ferlab ARGS --out OUT` (a `ferlab train`), SIGKILLed once OUT/metrics.csv holds `epochs` epochs."""
+    proc = subprocess.Popen([sys.executable, "-m", "ferlab", *map(str, args), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    metrics = out / "metrics.csv"
+    wait_until(lambda: metrics.exists() and len(metrics.read_text().splitlines()) > epochs)   # a header line
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def synthetic_faces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,16 +4,13 @@ there, on synthetic data. `ferlab reproduce` on CUDA is test_reproduce.py's smok
 CPU-only machine and on one where --device auto is cuda."""
 
 import csv
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from ferlab.checkpoint import load_state, load_weights
-from synthetic import synthetic_faces, wait_until
+from synthetic import kill_training_after, synthetic_faces
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -36,11 +33,7 @@ def test_train_then_resume_a_killed_run_on_cuda(ferlab, toy_csv, tmp_path):
     assert torch.cuda.get_device_name() in meta["trained_on"]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "ferlab", *map(str, args), "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: (killed / "metrics.csv").exists() and len(read_metrics(killed)) >= 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_training_after(args, killed, epochs=2)
     done = load_state(killed / "last.pt")["epoch"]
     assert 2 <= done < 30, "the run should have been killed part-way"
 

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shlex
-import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -30,7 +29,7 @@ from ferlab.training.cli import config_from_args
 from ferlab.training.config import TrainConfig, train_command
 from ferlab.training.losses import balanced_class_weights
 from ferlab.training.run import BestWeights, fit, open_run
-from synthetic import synthetic_faces, wait_until
+from synthetic import kill_training_after, synthetic_faces
 
 TINY = ["--model", "fernet_s", "--model-kwargs", '{"widths": [8, 16, 16, 16], "depths": [1, 1, 1, 1]}']
 
@@ -336,11 +335,7 @@ def test_killed_run_resumes_to_the_same_end(ferlab, toy_csv, tmp_path):
     ferlab(*args, "--out", tmp_path / "straight")
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "ferlab", *map(str, args), "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
-    wait_until(lambda: (killed / "metrics.csv").exists() and len(read_metrics(killed)) >= 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_training_after(args, killed, epochs=2, env=ONE_THREAD)
     done = load_state(killed / "last.pt")["epoch"]
     assert 2 <= done < 8, "the run should have been killed part-way"
 
