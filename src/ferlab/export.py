@@ -18,8 +18,10 @@ ConvInteger, which ran *slower* than fp32 here (benchmarks/backends.py), while s
 ~3x faster and kept PrivateTest accuracy within ~0.1 point. Calibrate with --data: the
 astronaut's variants are one face. The int8 model's agreement with fp32 is printed, not enforced.
 
-The TorchScript-based exporter (`dynamo=False`) is used: it needs only `onnx`, folds BatchNorm
-into the convolutions, and works offline; the torch.export-based one needs onnxscript.
+The TorchScript-based exporter (`dynamo=False`) is used: it needs only `onnx` and works offline;
+the torch.export-based one needs onnxscript. BatchNorm stays a node of its own (no constant
+folding), so `Recognizer.adapt` can re-estimate its statistics on a user's faces (ferlab.adapt);
+onnxruntime folds it into the convolutions when it loads the file, so it runs as fast.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def to_onnx(model: torch.nn.Module, opset: int = DEFAULT_OPSET, metadata: dict |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         try:
-            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset,
+            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, do_constant_folding=False,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
         except Exception as e:  # unsupported opset or operator: one line for the user

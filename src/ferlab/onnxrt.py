@@ -9,6 +9,7 @@ This is the runtime half of ONNX support; `ferlab.export` is the writer. It need
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -78,7 +79,11 @@ class OnnxModel:
     """
 
     def __init__(self, source, threads: int | None = None):
+        self.source = source   # ONNX bytes or a file: what `model_bytes` reads back (ferlab.adapt)
         self.session = create_session(source, threads)
+
+    def model_bytes(self) -> bytes:
+        return self.source if isinstance(self.source, bytes) else Path(self.source).read_bytes()
 
     def __call__(self, x):
         if isinstance(x, np.ndarray):

@@ -5,7 +5,8 @@ without faces gets one row with empty face columns) to stdout or --output, and w
 copy of each image with boxes and labels (two inputs of one name: NAME.EXT and NAME-2.EXT). An
 output never overwrites an input: an --output or annotated copy naming a photo given is refused.
 Unreadable files are reported on stderr, one line each, and skipped; the exit status is 0 when at
-least one image was processed and 2 when none was.
+least one image was processed and 2 when none was. --adapt first adapts the model to the faces
+of all the images (`Recognizer.adapt`, no labels), then recognises them.
 
 The work is the `Recognizer` (ferlab.recognizer) and ferlab.images; this module is the command.
 `from ferlab.predict import Recognizer` keeps working, but `from ferlab import Recognizer` is the
@@ -54,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotate", metavar="OUTDIR", help="write a copy of each image with boxes and labels to OUTDIR, "
                         "under its path in the folder given (inputs with the same name: NAME-2.EXT, NAME-3.EXT, ...)")
     parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True, help="search folders recursively (default: on)")
+    parser.add_argument("--adapt", action="store_true", help="first adapt the model to the faces in these images, "
+                        "without labels (Recognizer.adapt: BatchNorm statistics; needs at least 32 faces)")
     parser.epilog = ("Unreadable files are reported on stderr and skipped; exit status 0 if at least one image was "
                      "processed, 2 if none. An output never overwrites an input: --output or an annotated copy that "
                      "would replace a photo given is refused.")
@@ -71,6 +74,9 @@ def run(args) -> int:
     outputs = [("--output", args.output)] if args.output and args.output != "-" else []
     refuse_overwrite(outputs + [("--annotate", p) for p in annotated], files)
     rec = recognizer_from_args(args)
+    if args.adapt:
+        rec.adapt(files)
+        print(f"ferlab predict: adapted to {rec.adaptation['faces']} faces (weight {rec.adaptation['weight']})", file=sys.stderr)
     counts = {"ok": 0, "failed": 0, "faces": 0}
 
     def process(out) -> None:

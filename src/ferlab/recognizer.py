@@ -4,6 +4,8 @@
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     rec.predict_frame(["a.jpg", "b.jpg"])   # a pandas DataFrame, one row per face (pandas optional)
+    rec.adapt("my_photos/")                 # re-estimate BatchNorm on these faces, no labels (ferlab.adapt)
+    rec.reset()                             # back to the model as loaded
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
     Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
     Recognizer("ferplus")                   # the bundled FER+ model: 8 classes, the 7 and contempt
@@ -40,8 +42,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from ferlab import npinference, onnxrt
+from ferlab.adapt import MIN_FACES, adapt_onnx, target_weight
 from ferlab.bundled import WEIGHTS_DIR, check_card_classes, onnx_twin, read_card, resolve_weights
 from ferlab.errors import FerlabError
 from ferlab.faces import create_detector, crop_faces_for, to_float
@@ -122,6 +126,8 @@ class Recognizer:
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size, self.tta, self.precision, self.align = batch_size, tta, precision, align
         self.runners = list(self.models)  # what computes each member's logits: the model, or its ONNX export
+        self.adaptation = None  # after adapt(): {"faces", "weight"}; reset() restores the runners below
+        self._unadapted = None
         if self.backend == "onnx" and not all(isinstance(m, OnnxModel) for m in self.models):
             try:
                 self.runners = [m if isinstance(m, OnnxModel) else self._torch("exporting to ONNX").exported(m)
@@ -270,6 +276,49 @@ class Recognizer:
         columns = ["image", "face", "x", "y", "w", "h", "score", "label", "confidence", *self.classes]
         return pandas.DataFrame(rows, columns=columns)
 
+    # ---- adaptation to the user's faces ---------------------------------------------------
+    def adapt(self, images, color: str = "rgb", recursive: bool = True) -> "Recognizer":
+        """Adapt the model to the faces in `images` without labels, in place; returns self.
+
+        images: a path (an image or a folder, searched as predict_many does), a PIL image or array
+        (a whole photo, read as predict reads it), or a list or iterable of these (e.g. a video's
+        frames, with color="bgr" for OpenCV's). Faces are found and cropped
+        as in predict; every BatchNorm layer's statistics are then blended with those of these
+        faces, the more faces the further (ferlab.adapt: weight n / (n + PRIOR_FACES)). Later
+        predictions use the adapted model until reset(). FerlabError when fewer than MIN_FACES
+        faces are found, or a member cannot be adapted (an int8 export, the torch backend).
+        """
+        crops = [crop for pixels in _photos(images, color, recursive)
+                 if (faces := self.detector.detect(pixels))
+                 for crop in crop_faces_for(self.detector, pixels, faces, align=self.align)]
+        return self.adapt_faces(np.stack(crops) if crops else np.zeros((0, 48, 48), np.uint8))
+
+    def adapt_faces(self, crops) -> "Recognizer":
+        """adapt() for already-cropped faces, in any of predict_faces' forms."""
+        x = faces_to_input(crops)
+        if len(x) < MIN_FACES:
+            raise FerlabError(f"adapt: {len(x)} face(s) found; at least {MIN_FACES} are needed to estimate their "
+                              "statistics (fewer made predictions worse on our folds)")
+        if self.backend != "onnx":
+            raise FerlabError("adapt runs on the onnx backend (backend='onnx', or 'auto' on the CPU in fp32)")
+        unadapted = self._unadapted or list(self.runners)
+        weight = target_weight(len(x))
+        adapted = []
+        for name, runner in zip(self.names, unadapted):
+            try:
+                adapted.append(OnnxModel(adapt_onnx(runner.model_bytes(), x[:, None], weight, self.batch_size)))
+            except FerlabError as e:
+                raise FerlabError(f"{name}: {e}") from None
+        self._unadapted, self.runners = unadapted, adapted
+        self.adaptation = {"faces": len(x), "weight": round(weight, 4)}
+        return self
+
+    def reset(self) -> "Recognizer":
+        """Undo adapt(): the models as they were loaded."""
+        if self._unadapted is not None:
+            self.runners, self._unadapted, self.adaptation = self._unadapted, None, None
+        return self
+
     def _result(self, p: np.ndarray) -> dict:
         i = int(p.argmax())
         return {"label": self.classes[i], "confidence": float(p[i]), "probs": {c: float(v) for c, v in zip(self.classes, p)}}
@@ -282,6 +331,23 @@ class Recognizer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _photos(images, color: str, recursive: bool) -> Iterator[np.ndarray]:
+    """adapt()'s images as uint8 pixel arrays: paths and folders decoded (unreadable files skipped
+    with a warning, as predict does; a progress bar past 50 files), arrays and PIL images converted."""
+    single = isinstance(images, (str, Path, np.ndarray)) or not isinstance(images, Iterable)
+    for item in [images] if single else images:
+        if not isinstance(item, (str, Path)):
+            yield as_pixels(item, color)
+            continue
+        files = list(expand_paths([item], recursive))
+        for path, loaded in tqdm(prefetch(files, safe_load), total=len(files), desc="adapt: reading faces", unit="img",
+                                 disable=len(files) <= 50, file=sys.stderr, leave=False):
+            if isinstance(loaded, FerlabError):
+                print(f"ferlab: warning: {loaded}", file=sys.stderr)
+            else:
+                yield loaded[0]
 
 
 def _is_module(obj) -> bool:

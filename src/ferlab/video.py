@@ -10,6 +10,8 @@ time, dominant expression), and --summary FILE writes that per-face table as CSV
 frames, first/last frame and time, dominant, mean probabilities). --smooth K adds a smoothed
 label: the face's probabilities averaged over its track's last K processed frames. Outputs
 are written atomically, and never over the input or each other (refused in one line).
+--adapt first adapts the model to the faces of up to ADAPT_FRAMES frames spread over the video
+(`Recognizer.adapt`: one more, partial, pass over the file).
 
 `ferlab webcam` shows the camera with boxes and labels in a window; q or Esc quits. It needs a
 display and an OpenCV built with GUI support (opencv-python, not opencv-python-headless).
@@ -24,6 +26,7 @@ import os
 import sys
 from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -32,6 +35,8 @@ from ferlab.atomic import atomic_write, refuse_overwrite
 from ferlab.errors import FerlabError
 from ferlab.images import check_writable_file, draw_faces, rounded
 from ferlab.recognizer import add_model_arguments, recognizer_from_args
+
+ADAPT_FRAMES = 300  # --adapt reads the faces of this many frames, spread over the video
 
 
 class Tracker:
@@ -257,7 +262,26 @@ def add_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smooth", type=int, default=1, metavar="K", help="also report labels averaged over K processed frames")
     parser.add_argument("--summary", metavar="FILE", help="write one CSV row per tracked face (id, frames, first/last time, "
                         "dominant expression, mean probabilities)")
+    parser.add_argument("--adapt", action="store_true", help="first adapt the model to the faces of up to "
+                        f"{ADAPT_FRAMES} frames spread over the video, without labels (Recognizer.adapt)")
     add_model_arguments(parser)
+
+
+def sampled_frames(path, count: int = ADAPT_FRAMES) -> Iterator[np.ndarray]:
+    """Up to `count` BGR frames spread evenly over a video (every k-th frame read in order)."""
+    cap = open_video(path)
+    try:
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or count
+        step, index = max(1, total // count), 0
+        while index < step * count:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index % step == 0:
+                yield frame
+            index += 1
+    finally:
+        cap.release()
 
 
 def run_video(args) -> int:
@@ -269,6 +293,9 @@ def run_video(args) -> int:
         check_writable_file(target)
     open_video(args.input).release()  # fail fast, before loading the model
     rec = recognizer_from_args(args)
+    if getattr(args, "adapt", False):
+        rec.adapt(sampled_frames(args.input, ADAPT_FRAMES), color="bgr")
+        print(f"ferlab video: adapted to {rec.adaptation['faces']} faces (weight {rec.adaptation['weight']})", file=sys.stderr)
     kwargs = dict(every=args.every, smooth=args.smooth)
     csv_to_stdout = args.csv == "-" or (args.csv is None and args.out is None)
     if args.csv and args.csv != "-":

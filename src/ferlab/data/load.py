@@ -9,6 +9,9 @@ Spec syntax (what `--data` accepts everywhere; `ferlab train` also takes several
     ckplus:DIR                image folders in CK+'s 7 classes (with contempt, no neutral)
     ferplus8:DIR              image folders in the 8 FER+ classes (FER2013's 7 + contempt)
     fer2013:DIR               the default for folders, written out
+    tpe:DIR | tpe-agreed:DIR  taiwanese_tpe (posed, 29 performers): faces detected and cropped as at
+                              inference, performer ids as groups; -agreed keeps the faces observers
+                              rate as performed (data/taiwanese.py)
     fergit:CSV,DIR            FERGIT (bah2022): FER2013 rows + an image-folder set (muxspace48) in
                               the 7 FER2013 classes, seeded stratified 90/5/5 split train/val/test
 """
@@ -23,6 +26,7 @@ from ferlab.data.dataset import FaceDataset
 from ferlab.data.fer2013 import apply_ferplus, load_fer2013_csv
 from ferlab.data.folders import load_image_folders
 from ferlab.data.mix import OFFICIAL_ROLES, ferplus7_soft_labels, mix_splits, source_name, to_fer2013_classes
+from ferlab.data.taiwanese import load_taiwanese
 from ferlab.data.specs import parse_spec
 from ferlab.data.splits import apply_random_split, apply_subject_fold, default_splits, fraction_mask, stratified_split
 from ferlab.errors import FerlabError
@@ -53,6 +57,10 @@ def load_dataset(spec: str, ferplus: str | None = None, seed: int = 0, classes: 
         if ferplus or classes not in (None, "fer2013"):
             raise FerlabError(f"{spec}: FERGIT uses the 7 FER2013 classes; --ferplus and other label spaces do not apply")
         return load_fergit(parts[0], parts[1], seed=seed, cache=cache)
+    if parsed.prefix in ("tpe", "tpe-agreed"):
+        if ferplus or classes not in (None, "fer2013"):
+            raise FerlabError(f"{spec}: taiwanese_tpe has the 7 FER2013 classes; --ferplus and other label spaces do not apply")
+        return load_taiwanese(parsed.rest, labels="agreed" if parsed.prefix == "tpe-agreed" else "performed", cache_enabled=cache)
 
     if parsed.prefix in LABEL_SPACES:
         if classes not in (None, parsed.prefix):

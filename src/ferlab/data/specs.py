@@ -1,5 +1,5 @@
 """The one reader of `--data` spec strings: an optional prefix that names a label space or a loader
-(ckplus:, ferplus8:, fer2013:, fergit:, tpe:) followed by the path, or fergit's two comma-separated
+(ckplus:, ferplus8:, fer2013:, fergit:, tpe:, tpe-agreed:) followed by the path, or fergit's two comma-separated
 paths. An existing file whose name holds a colon is a plain path."""
 
 from dataclasses import dataclass

@@ -1,0 +1,107 @@
+"""Adapting a model to the user's own faces, without labels: BatchNorm statistics re-estimated on them.
+
+Why: a model's BatchNorm layers normalise with the mean and variance of its training faces. Faces
+from one camera, one light and one population (a folder of studio portraits, a video) shift those
+statistics, and a model that normalises them with the wrong ones loses accuracy. AdaBN (Li et al.
+2016) re-estimates every BatchNorm layer's statistics on the target faces, layer by layer in
+network order, each layer seeing the layers before it already adapted.
+
+Faces that share no domain (stills from many films) gain nothing and a small set estimates the
+statistics badly, so the target statistics are blended with the training ones by how many faces
+there are (Schneider et al. 2020): weight n / (n + PRIOR_FACES) on the target, the rest on the
+source, the variance that of the two-component mixture. PRIOR_FACES and MIN_FACES were chosen on
+leave-one-source-out folds (docs/experiments.md, benchmarks/cross_dataset.py --adapt).
+
+This runs on onnxruntime with the onnx package: no PyTorch. A model is adapted as ONNX bytes whose
+BatchNormalization nodes are kept (every fp32 export since ferlab 0.1; int8 exports fold them and
+cannot be adapted). `Recognizer.adapt(images)` finds the faces and calls `adapt_onnx`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ferlab.errors import FerlabError
+from ferlab.onnxrt import INPUT_NAME, OnnxModel
+
+MIN_FACES = 32       # fewer faces estimate per-channel statistics too noisily to help (measured: docs/experiments.md)
+PRIOR_FACES = 64     # the training statistics count as this many faces in the blend
+
+
+def target_weight(num_faces: int, prior_faces: float = PRIOR_FACES) -> float:
+    """How much of each BatchNorm statistic comes from the target faces: n / (n + prior_faces)."""
+    return num_faces / (num_faces + prior_faces)
+
+
+def blend_statistics(source_mean, source_var, target_mean, target_var, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and variance of the mixture (1 - weight) * source + weight * target, per channel."""
+    mean = (1 - weight) * source_mean + weight * target_mean
+    var = (1 - weight) * source_var + weight * target_var + weight * (1 - weight) * (source_mean - target_mean) ** 2
+    return mean.astype(np.float32), var.astype(np.float32)
+
+
+def batchnorm_nodes(proto) -> list:
+    """The graph's BatchNormalization nodes, in graph (topological) order."""
+    return [n for n in proto.graph.node if n.op_type == "BatchNormalization"]
+
+
+def own_statistics(proto, nodes) -> None:
+    """Give every BatchNorm node initializers of its own for its mean and variance. The exporter
+    shares equal tensors through Identity nodes (a fresh layer's mean of zeros and its bias of
+    zeros), which adapting one layer must not change in another; anything else is refused."""
+    from onnx import numpy_helper
+
+    init = {t.name: t for t in proto.graph.initializer}
+    producers = {n.output[0]: n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in init}
+    for node in nodes:
+        for name in node.input[3:5]:
+            if name in init:
+                continue
+            if name not in producers:
+                raise FerlabError(f"BatchNorm node {node.name} keeps its statistics outside the graph's initializers")
+            proto.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(init[producers[name].input[0]]), name))
+            proto.graph.node.remove(producers.pop(name))
+            init = {t.name: t for t in proto.graph.initializer}
+
+
+def _channel_moments(session, output: str, faces: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and variance of an (N, C, H, W) activation over all faces and positions."""
+    total = total_sq = None
+    count = 0
+    for start in range(0, len(faces), batch_size):
+        act = session.run([output], {INPUT_NAME: faces[start:start + batch_size]})[0].astype(np.float64)
+        axes = (0, 2, 3) if act.ndim == 4 else (0,)
+        s, sq = act.sum(axes), (act ** 2).sum(axes)
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        count += act.size // act.shape[1]
+    mean = total / count
+    return mean, np.maximum(total_sq / count - mean ** 2, 0.0)
+
+
+def adapt_onnx(model_bytes: bytes, faces: np.ndarray, weight: float, batch_size: int = 256) -> bytes:
+    """ONNX bytes whose BatchNorm statistics are blended `weight` of the way to those of `faces`
+    ((N, 1, 48, 48) float32 in [0, 1]); FerlabError when the model has no BatchNorm node."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load_from_string(model_bytes)
+    nodes = batchnorm_nodes(proto)
+    if not nodes:
+        raise FerlabError("the model has no BatchNorm layers to adapt (int8 exports fold them into the convolutions; "
+                          "adapt the fp32 model)")
+    own_statistics(proto, nodes)
+    init = {t.name: t for t in proto.graph.initializer}
+    faces = np.ascontiguousarray(faces, np.float32)
+    probe = onnx.ModelProto()   # the same graph, each BatchNorm's input also an output
+    probe.CopyFrom(proto)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n.input[0]) for n in nodes)
+    probe_init = {t.name: t for t in probe.graph.initializer}
+    for node in nodes:
+        session = OnnxModel(probe.SerializeToString()).session
+        target_mean, target_var = _channel_moments(session, node.input[0], faces, batch_size)
+        source_mean, source_var = (numpy_helper.to_array(init[name]) for name in node.input[3:5])
+        mean, var = blend_statistics(source_mean, source_var, target_mean, target_var, weight)
+        for name, value in ((node.input[3], mean), (node.input[4], var)):
+            for tensors in (init, probe_init):
+                tensors[name].CopyFrom(numpy_helper.from_array(value, name))
+    return proto.SerializeToString()

@@ -1,0 +1,124 @@
+"""Recognizer.adapt: BatchNorm statistics re-estimated on a user's faces, without labels (ferlab.adapt)."""
+
+import numpy as np
+import pytest
+
+from ferlab import Recognizer
+from ferlab.adapt import MIN_FACES, adapt_onnx, blend_statistics, target_weight
+from ferlab.errors import FerlabError
+
+
+def shifted_faces(n: int, seed: int = 0) -> np.ndarray:
+    """Faces of another 'camera': smooth random patterns, darker and lower in contrast than FER2013."""
+    rng = np.random.default_rng(seed)
+    low = rng.random((n, 6, 6)).astype(np.float32)
+    faces = np.stack([np.kron(f, np.ones((8, 8), np.float32)) for f in low])
+    return (0.15 + 0.3 * faces).astype(np.float32)   # (n, 48, 48) in [0.15, 0.45]
+
+
+def test_blended_statistics_are_those_of_the_pooled_faces():
+    rng = np.random.default_rng(0)
+    source, target = rng.normal(0, 1, (4000, 3)), rng.normal(2, 3, (4000, 3))
+    mean, var = blend_statistics(source.mean(0), source.var(0), target.mean(0), target.var(0), 0.5)
+    pooled = np.concatenate([source, target])
+    np.testing.assert_allclose(mean, pooled.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(var, pooled.var(0), rtol=1e-5)
+    m0, v0 = blend_statistics(source.mean(0), source.var(0), target.mean(0), target.var(0), 0.0)
+    np.testing.assert_allclose(m0, source.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(v0, source.var(0), rtol=1e-6)
+
+
+def test_more_faces_move_the_statistics_further():
+    assert target_weight(0) == 0 and target_weight(10) < target_weight(100) < target_weight(10_000) < 1
+
+
+def test_full_adaptation_gives_the_first_layer_the_statistics_of_the_faces():
+    torch = pytest.importorskip("torch")
+    import onnx
+    from onnx import numpy_helper
+
+    from ferlab.export import to_onnx
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 7)).eval()
+    faces = shifted_faces(64)[:, None]
+    adapted = onnx.load_from_string(adapt_onnx(to_onnx(model), faces, weight=1.0))
+    node = next(n for n in adapted.graph.node if n.op_type == "BatchNormalization")
+    stats = {t.name: numpy_helper.to_array(t) for t in adapted.graph.initializer}
+    with torch.no_grad():
+        act = conv(torch.from_numpy(faces)).double()
+    np.testing.assert_allclose(stats[node.input[3]], act.mean((0, 2, 3)).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats[node.input[4]], act.var((0, 2, 3), unbiased=False).numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_adapt_changes_predictions_and_reset_restores_them():
+    rec = Recognizer(backend="onnx")
+    faces = shifted_faces(64)
+    before = rec.probabilities(faces)
+    assert rec.adapt_faces(faces) is rec
+    assert rec.adaptation == {"faces": 64, "weight": round(target_weight(64), 4)}
+    adapted = rec.probabilities(faces)
+    assert np.abs(adapted - before).max() > 0.01
+    np.testing.assert_array_equal(rec.reset().probabilities(faces), before)
+    assert rec.adaptation is None
+
+
+def test_adapt_refuses_too_few_faces():
+    with pytest.raises(FerlabError, match=f"3 face\\(s\\) found; at least {MIN_FACES}"):
+        Recognizer(backend="onnx").adapt_faces(shifted_faces(3))
+
+
+def test_adapt_finds_the_faces_in_whole_photos(astronaut):
+    rec = Recognizer(backend="onnx")
+    with pytest.raises(FerlabError, match="1 face\\(s\\) found"):
+        rec.adapt([astronaut])   # one photo, one face: too few to estimate from
+    rec.adapt([astronaut] * MIN_FACES)
+    assert rec.adaptation["faces"] == MIN_FACES
+
+
+def test_int8_exports_cannot_be_adapted():
+    with pytest.raises(FerlabError, match="default-int8: the model has no BatchNorm layers"):
+        Recognizer("default-int8").adapt_faces(shifted_faces(MIN_FACES))
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory, astronaut):
+    """MIN_FACES small photos of the astronaut, each a little brighter than the last."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("adapt_photos")
+    small = cv2.cvtColor(cv2.resize(astronaut, (160, 160), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    for i in range(MIN_FACES):
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), cv2.convertScaleAbs(small, alpha=1.0, beta=i))
+    return folder
+
+
+def test_predict_adapt_adapts_on_the_folder_then_recognises_it(cli, photo_folder, fernet_weights):
+    code, out, err = cli("predict", photo_folder, "--model", fernet_weights, "--adapt")
+    assert code == 0, err
+    assert f"adapted to {MIN_FACES} faces" in err
+    assert len(out.splitlines()) == MIN_FACES
+
+
+def test_predict_adapt_on_too_few_faces_fails_in_one_line(cli, photo_folder, fernet_weights):
+    code, out, err = cli("predict", photo_folder / "p00.png", "--model", fernet_weights, "--adapt")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "at least" in err and "Traceback" not in err
+
+
+def test_video_adapt_adapts_on_sampled_frames(cli, astronaut, fernet_weights, tmp_path):
+    import cv2
+
+    face = cv2.cvtColor(cv2.resize(astronaut, (120, 120)), cv2.COLOR_RGB2BGR)
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for i in range(MIN_FACES + 4):
+        frame = np.full((120, 160, 3), 90, np.uint8)
+        frame[:, i:i + 120] = face
+        writer.write(frame)
+    writer.release()
+    code, out, err = cli("video", clip, "--model", fernet_weights, "--adapt", "--csv", tmp_path / "t.csv")
+    assert code == 0, err
+    assert f"adapted to {MIN_FACES + 4} faces" in err
