@@ -1,22 +1,27 @@
 """How a model holds up on faces that are not FER2013: a leave-one-data-set-out report.
 
     python benchmarks/cross_dataset.py --fer2013 DATA/fer2013/fer2013.csv.gz --ferplus DATA/fer2013/fer2013new.csv \
-        --ckplus DATA/ckplus48/CK+48 --muxspace DATA/muxspace48 default ~/ferlab-runs/run1 [...] [--tta flip] \
+        --ckplus DATA/ckplus48/CK+48 --muxspace DATA/muxspace48 --tpe DATA/taiwanese_tpe \
+        default ~/ferlab-runs/run1 [...] [--tta flip] [--adapt] \
         [--train "--recipe fernet_m --init default --epochs 2 ..." --runs ~/ferlab-runs/lodo-NAME]
 
-Every MODEL (bundled name, run directory or weights file) is scored on four sets of faces:
+Every MODEL (bundled name, run directory or weights file) is scored on five sets of faces:
 - fer2013: FER2013 PrivateTest with its own labels (the standard benchmark);
 - ferplus: the same faces with FER+ plurality labels (7 classes; contempt/unknown/not-a-face/tied rows dropped);
 - CK+48: posed expressions of 123 subjects (927 faces in 6 shared classes; CK+ has no neutral);
-- muxspace48: crowd-labelled LFW-style photos (13,670 faces, mostly happy and neutral).
+- muxspace48: crowd-labelled LFW-style photos (13,670 faces, mostly happy and neutral);
+- taiwanese_tpe: posed expressions of 29 East Asian performers (1,232 faces, performed labels).
 A set the model never trained on is scored on all its faces ("held out"). A set it trained on (its
 run's config names it in --data) is scored only on the test part of its mix split, which training
 and selection never saw (data/mix.py, the run's seed), and is marked "seen". For a like-for-like
 view, the second table scores every model on the same test parts.
 
---train ARGS trains one model per held-out source first (leave-one-data-set-out): on FER2013 +
-CK+48 with muxspace48 held out, and on FER2013 + muxspace48 with CK+48 held out, each `ferlab train
-ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores both next to the MODELs.
+--train ARGS trains one model per held-out source first (leave-one-data-set-out): for each of the
+sources given besides FER2013, on FER2013 + the others with that one held out, each `ferlab train
+ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores them next to the MODELs.
+
+--adapt also scores every model adapted to the faces it is scored on, without their labels
+(`Recognizer.adapt_faces`, ferlab/adapt.py), as `ferlab predict DIR --adapt` would.
 
 --balance-prior also scores every run directory re-balanced for its training class prior
 (ferlab/posttrain/prior.py: tau chosen on the run's own validation faces, never on a scored face), as
@@ -57,11 +62,25 @@ def evaluation_sets(a) -> dict:
     if a.ferplus:
         plus = load_dataset(a.fer2013, ferplus=a.ferplus).select("PrivateTest")
         sets["ferplus"] = (to_fer2013_classes(plus), None)
-    for path, spec in ((a.ckplus, f"ckplus:{a.ckplus}"), (a.muxspace, a.muxspace)):
+    for path, spec in source_specs(a):
         if path:
             data = to_fer2013_classes(load_dataset(spec))
             sets[source_name(spec)] = (data, mix_splits(data, seed=0) == "test")
     return sets
+
+
+def source_specs(a) -> list[tuple[str, str]]:
+    """(path, --data spec) of each non-FER2013 source given."""
+    return [(path, spec) for path, spec in ((a.ckplus, f"ckplus:{a.ckplus}"), (a.muxspace, a.muxspace), (a.tpe, f"tpe:{a.tpe}"))
+            if path]
+
+
+def adapted_probs(spec: str, images: np.ndarray, tta: str) -> np.ndarray:
+    """A model's probabilities on uint8 faces after adapting it to those same faces (no labels)."""
+    from ferlab import Recognizer
+
+    x = images.astype(np.float32) / 255
+    return Recognizer(spec, detector="none", tta=tta, backend="onnx").adapt_faces(x).probabilities(x)
 
 
 def trained_sources(spec: str) -> tuple[set, int]:
@@ -99,8 +118,8 @@ def markdown(title: str, rows: list[dict]) -> str:
 
 def train_lodo(a) -> list[str]:
     """One run per held-out source (see module doc); returns the run directories."""
-    folds = {"muxspace48": [a.fer2013, f"ckplus:{a.ckplus}"],   # the smaller training set first
-             "CK+48": [a.fer2013, a.muxspace]}
+    specs = source_specs(a)
+    folds = {source_name(spec): [a.fer2013] + [other for _, other in specs if other != spec] for _, spec in specs}
     runs = []
     for held_out, specs in folds.items():
         out = Path(a.runs).expanduser() / held_out
@@ -123,25 +142,29 @@ def main() -> int:
     p.add_argument("--ferplus", help="fer2013new.csv (adds the FER+ set)")
     p.add_argument("--ckplus", help="the CK+48 folder")
     p.add_argument("--muxspace", help="the muxspace48 folder")
+    p.add_argument("--tpe", help="the taiwanese_tpe folder")
+    p.add_argument("--adapt", action="store_true", help="also score each model adapted to the faces it is scored on")
     p.add_argument("--tta", default="none", help="none, flip or tencrop")
     p.add_argument("--train", help="`ferlab train` options for the leave-one-data-set-out models (needs --runs)")
     p.add_argument("--runs", help="where the --train runs go (one subfolder per held-out source)")
     p.add_argument("--balance-prior", action="store_true", help="also score each run directory re-balanced for its class prior")
     p.add_argument("--out", type=Path, default=Path("cross_dataset"), help="report folder (report.md, report.json)")
     a = p.parse_args()
-    if a.train and not (a.runs and a.ckplus and a.muxspace):
-        p.error("--train needs --runs, --ckplus and --muxspace")
+    if a.train and not (a.runs and len(source_specs(a)) >= 2):
+        p.error("--train needs --runs and at least two of --ckplus, --muxspace, --tpe")
     models = list(a.models) + (train_lodo(a) if a.train else [])
 
     t0 = time.time()
     sets = evaluation_sets(a)
     held_out, same_rows = [], []
     for spec in models:
-        variants = [(spec, None)]   # (its name in the report, prior adjustment or None)
+        variants = [(spec, None)]   # (its name in the report, prior adjustment, "adapt" or None)
         if a.balance_prior and (Path(spec).expanduser() / "config.json").is_file():
             balance = balance_for_run(Path(spec).expanduser(), load_model(spec)[0])
             variants.append((f"{spec} balanced (tau {balance['tau']})", balance))
             print(json.dumps({"model": spec, **balance}), flush=True)
+        if a.adapt:
+            variants.append((f"{spec} adapted", "adapt"))
         seen, seed = trained_sources(spec)
         for name, (data, test_part) in sets.items():
             # (table, its rows column, which faces)
@@ -152,7 +175,8 @@ def main() -> int:
             model_probs = evaluate_models([spec], data.images[scored], tta=a.tta)[0]
             for label, balance in variants:
                 pred = np.zeros(len(data), np.int64)
-                probs = rebalance(model_probs, np.array(balance["prior"]), balance["tau"]) if balance else model_probs
+                probs = adapted_probs(spec, data.images[scored], a.tta) if balance == "adapt" else \
+                    rebalance(model_probs, np.array(balance["prior"]), balance["tau"]) if balance else model_probs
                 pred[scored] = probs.argmax(1)
                 for table, rows, mask in parts:
                     table.append({"set": name, "model": label, "rows": rows,

@@ -53,6 +53,30 @@ def test_full_adaptation_gives_the_first_layer_the_statistics_of_the_faces():
     np.testing.assert_allclose(stats[node.input[4]], act.var((0, 2, 3), unbiased=False).numpy(), rtol=1e-3, atol=1e-5)
 
 
+def test_only_the_first_third_of_the_batchnorm_layers_move():
+    torch = pytest.importorskip("torch")
+    import onnx
+    from onnx import numpy_helper
+
+    from ferlab.export import to_onnx
+
+    torch.manual_seed(0)
+    blocks = [torch.nn.Sequential(torch.nn.Conv2d(1 if i == 0 else 3, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU())
+              for i in range(6)]
+    model = torch.nn.Sequential(*blocks, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 7)).eval()
+    for block in blocks:   # trained-looking statistics, so that no two layers share a tensor
+        block[1].running_mean.uniform_(-1, 1)
+        block[1].running_var.uniform_(0.5, 2)
+    source = to_onnx(model)
+
+    def means(model_bytes):
+        proto = onnx.load_from_string(model_bytes)
+        stats = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+        return [stats[n.input[3]] for n in proto.graph.node if n.op_type == "BatchNormalization"]
+    moved = [not np.allclose(a, b) for a, b in zip(means(source), means(adapt_onnx(source, shifted_faces(64)[:, None], 1.0)))]
+    assert moved == [True, True, False, False, False, False]
+
+
 def test_adapt_changes_predictions_and_reset_restores_them():
     rec = Recognizer(backend="onnx")
     faces = shifted_faces(64)

@@ -142,12 +142,14 @@ def is_still_image(path) -> bool:
 @contextlib.contextmanager
 def quiet_opencv():
     """Silence OpenCV's own log lines (e.g. "can't open camera by index"): ferlab says it in one."""
-    old = cv2.setLogLevel(0) if hasattr(cv2, "setLogLevel") else None
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)   # OpenCV 5 keeps it only here
+    set_level = getattr(cv2, "setLogLevel", None) or getattr(logging, "setLogLevel", None)
+    old = set_level(0) if set_level else None
     try:
         yield
     finally:
         if old is not None:
-            cv2.setLogLevel(old)
+            set_level(old)
 
 
 def timeline_header(classes, smooth: bool) -> list[str]:
