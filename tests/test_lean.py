@@ -54,7 +54,7 @@ RECOGNISE = textwrap.dedent("""
     cli_faces = json.loads(out.getvalue())["faces"]
     rec = Recognizer()
     faces = rec.predict(sys.argv[1])
-    import ferlab.serve, ferlab.video, ferlab.demo, ferlab.predict  # noqa: E401
+    import ferlab.serving.cli, ferlab.video, ferlab.demo, ferlab.predict  # noqa: E401
     attempts = getattr(sys, "torch_attempts", [])
     print(json.dumps({"cli": [f["label"] for f in cli_faces], "api": [f["label"] for f in faces],
                       "confidence": faces[0]["confidence"], "backend": rec.backend,
@@ -90,7 +90,7 @@ def _check_recognition(result):
 # The HTTP service end to end (needs the serve and test extras, as this suite has).
 SERVE = textwrap.dedent("""
     from fastapi.testclient import TestClient
-    from ferlab.serve import create_app
+    from ferlab.serving.app import create_app
     with TestClient(create_app()) as client:
         health = client.get("/healthz").json()
         r = client.post("/v1/predict", files={"image": ("a.png", open(sys.argv[1], "rb").read(), "image/png")})

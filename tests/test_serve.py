@@ -18,7 +18,8 @@ with warnings.catch_warnings():
 
 from ferlab.cli import main  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
-from ferlab.serve import create_app, is_loopback  # noqa: E402
+from ferlab.serving.app import create_app  # noqa: E402
+from ferlab.serving.cli import is_loopback  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -211,7 +212,7 @@ def test_huge_image_is_413_before_decoding(client):
 
 
 def test_megapixel_limit_and_reduced_decoding(fernet_weights):
-    from ferlab.serve import ApiError, decode
+    from ferlab.serving.app import ApiError, decode
 
     with TestClient(create_app(fernet_weights, max_megapixels=0.5, detector="blazeface")) as c:
         assert_json_error(post(c, encode(np.zeros((800, 1000, 3), np.uint8), "PNG")), 413, "0.5 MP limit")
@@ -245,6 +246,36 @@ def test_megapixel_limit_and_reduced_decoding(fernet_weights):
         decode(encode(np.zeros((4000, 6000, 3), np.uint8), "PNG"), max_pixels=10e6)
 
 
+def test_a_file_and_its_bytes_uploaded_decode_alike(client, photos, astronaut, tmp_path):
+    """ferlab predict (a file) and ferlab serve (its bytes) take one decoding path, images.load_image:
+    the same pixels and scale, and for the same bad image the same error (the file's names it)."""
+    from ferlab.errors import FerlabError
+    from ferlab.images import load_image
+    from ferlab.serving.app import decode
+
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(astronaut)))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 CW to view
+    images = {**photos, "sideways.jpg": encode(np.asarray(sideways), "JPEG", exif=exif.tobytes()),
+              "wide.png": encode(np.zeros((100, 3000, 4), np.uint8), "PNG"),  # reduced to 1500 px
+              "big.jpg": encode(np.zeros((4000, 6000, 3), np.uint8), "JPEG")}  # drafted at 1/2
+    for name, data in images.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        (file_pixels, file_scale), (upload_pixels, upload_scale) = load_image(path), decode(data)
+        assert file_scale == upload_scale and np.array_equal(file_pixels, upload_pixels), name
+    too_many = "this server's 40 MP limit (--max-megapixels)"
+    bad = {"notes.txt": b"this is not an image\n", "cut.jpg": photos["cat.jpg"][:2000], "empty.png": b"",
+           "bomb.png": blank_png(9400, 9400)}
+    for name, data in bad.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(FerlabError) as from_file:
+            load_image(path, 40e6, too_many)
+        detail = post(client, data, name).json()["detail"]
+        assert str(from_file.value) == f"{path}: {detail}"
+
+
 @pytest.fixture(scope="module")
 def live(fernet_weights):
     """A real uvicorn server on 127.0.0.1 (a free port), configured as `ferlab serve` runs it, in a
@@ -254,7 +285,7 @@ def live(fernet_weights):
 
     import uvicorn
 
-    from ferlab.serve import uvicorn_options
+    from ferlab.serving.protocol import uvicorn_options
 
     app = create_app(fernet_weights, max_upload_mb=2, detector="blazeface", backend="onnx")
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options("127.0.0.1", 0, log_config=None)))
@@ -464,7 +495,7 @@ def test_repeated_errors_are_logged_once_per_interval():
     import logging
     import time
 
-    from ferlab.serve import RepeatFilter
+    from ferlab.serving.protocol import RepeatFilter
 
     records = []
     handler = logging.Handler()

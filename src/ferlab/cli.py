@@ -31,7 +31,7 @@ COMMANDS = {
     "webcam": ("ferlab.video", "recognise expressions live from a webcam"),
     "bundle": ("ferlab.posttrain.bundle", "ship a finished run as a bundled model: weights, model card, ONNX"),
     "export": ("ferlab.export", "export a model to ONNX"),
-    "serve": ("ferlab.serve", "run the HTTP service"),
+    "serve": ("ferlab.serving.cli", "run the HTTP service"),
     "tune": ("ferlab.tune", "sarmah2023's random search over its CNN families (Optuna)"),
     "reproduce": ("ferlab.reproduce.cli", "rerun a paper's experiments and write the report"),
 }

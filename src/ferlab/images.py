@@ -1,18 +1,22 @@
 """Images in and out: decoding files, converting arrays and face crops, walking folders, drawing
 boxes and labels, writing images and results.
 
-Decoding: paths and PIL images are turned upright by their EXIF orientation; RGBA is composited
-onto white. Files above Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, 89 MP by
-default) are refused with a one-line error, except JPEGs: a JPEG of 5120 px or longer is decoded
-by the JPEG decoder itself at the smallest of 1/2, 1/4, 1/8 scale that keeps its longest side
->= 2560 px (2x the detector's working size), so a 20000x20000 JPEG costs 75 MB and a 24 MP photo
-decodes ~3x faster; `load_image` returns the scale that maps boxes back to full-size pixels.
+Decoding: `load_image` is the one way in for image files and uploaded bytes (ferlab predict and
+ferlab serve decode alike: same limits, pixels, scale and errors). Paths, bytes and PIL images are
+turned upright by their EXIF orientation; RGBA is composited onto white. Images above the pixel
+limit (Pillow's Image.MAX_IMAGE_PIXELS, 89 MP by default; --max-megapixels for the server) are
+refused from their header with a one-line error, except JPEGs that fit once drafted: a JPEG of
+5120 px or longer is decoded by the JPEG decoder itself at the smallest of 1/2, 1/4, 1/8 scale
+that keeps its longest side >= 2560 px, so a 20000x20000 JPEG costs 75 MB and a 24 MP photo
+decodes ~3x faster; other formats are reduced to at most 2560 px right after decoding.
+`load_image` returns the scale that maps boxes back to full-size pixels.
 
 Shared by the Recognizer, `ferlab predict`, `ferlab video`, the HTTP service and the demo.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -31,48 +35,124 @@ from ferlab.spec import INPUT_SIZE
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
 JPEG_MIN_SIDE = 2560  # JPEGs decode at the smallest DCT scale keeping the longest side >= this
+REDUCED_SIDE = 2560  # other images are reduced right after decoding to at most this longest side
+LARGE_PIXELS = 4e6  # with a large_lock, images decoding to more pixels than this take turns
 
 
-# ---- input conversion ---------------------------------------------------------------------
+# ---- decoding -----------------------------------------------------------------------------
 
-def load_image(path) -> tuple[np.ndarray, float]:
-    """Decode an image file, upright by its EXIF orientation: (RGB uint8 (H, W, 3), scale), where
-    scale maps the decoded pixels to the file's full-size pixels (1.0 unless JPEG-downscaled)."""
-    path = Path(path)
-    if path.is_dir():
-        raise FerlabError(f"{path}: is a directory, not an image")
-    try:
-        with open(path, "rb") as f:
-            is_jpeg = f.read(3) == b"\xff\xd8\xff"
-    except FileNotFoundError:
-        raise FerlabError(f"{path}: no such file") from None
-    except OSError as e:
-        raise FerlabError(f"{path}: cannot read ({e.strerror or e})") from None
-    limit = Image.MAX_IMAGE_PIXELS
+class ImageError(FerlabError):
+    """An image that cannot be decoded, in one line; status: the HTTP status `ferlab serve` answers
+    with (400 empty, truncated or corrupt, 413 above the pixel limit, 415 not an image)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def load_image(source, max_pixels: float | None = None, limit: str | None = None,
+               large_lock=None) -> tuple[np.ndarray, float]:
+    """Decode an image file (a path) or its bytes (an upload), upright by its EXIF orientation:
+    (RGB uint8 (H, W, 3), scale), where scale maps the decoded pixels to the image's full-size
+    pixels (boxes are multiplied by it). Files and uploads take this one path: same limits, same
+    pixels, same scale, same errors (ImageError, prefixed with the path for a file).
+
+    - The header is read first: an image that would decode to more than max_pixels (default:
+      Pillow's Image.MAX_IMAGE_PIXELS, 89 MP; `ferlab serve` passes --max-megapixels) is refused
+      before any pixel is decoded; `limit` names that limit in the message (default "the 89 MP
+      decoding limit (PIL.Image.MAX_IMAGE_PIXELS)").
+    - A JPEG counts after draft decoding: one with a longest side of 2 * JPEG_MIN_SIDE or more
+      decodes at the smallest DCT scale (1/2, 1/4, 1/8) keeping it >= JPEG_MIN_SIDE
+      (open_drafted), so a huge JPEG is accepted when 1/8 of it fits, even above Pillow's
+      decompression-bomb limit.
+    - Any other format decodes at full size (Pillow decodes none of the common ones at reduced
+      scale), then is reduced at once by an integer factor to a longest side of at most
+      REDUCED_SIDE, before the colour conversions: the detector works at 1920 at most. Its peak
+      is the decoded image plus one copy (reduce() premultiplies alpha): at most 8 bytes a pixel.
+    - With large_lock, images above LARGE_PIXELS decode one at a time (the others wait), so the
+      peak of a server is one such decode, not one per thread.
+    - Alpha is composited onto white; bytes are decoded from memory, never written to disk.
+    """
+    prefix = ""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = bytes(source)
+        is_jpeg = source[:3] == b"\xff\xd8\xff"
+        if not source:
+            raise ImageError("the file is empty", 400)
+    else:
+        source = Path(source)
+        prefix = f"{source}: "
+        if source.is_dir():
+            raise FerlabError(f"{source}: is a directory, not an image")
+        try:
+            with open(source, "rb") as f:
+                head = f.read(3)
+        except FileNotFoundError:
+            raise FerlabError(f"{source}: no such file") from None
+        except OSError as e:
+            raise FerlabError(f"{source}: cannot read ({e.strerror or e})") from None
+        is_jpeg = head == b"\xff\xd8\xff"
+        if not head:
+            raise ImageError(f"{prefix}the file is empty", 400)
+    if max_pixels is None:
+        max_pixels = Image.MAX_IMAGE_PIXELS or float("inf")
+        limit = limit or f"the {max_pixels / 1e6:.0f} MP decoding limit (PIL.Image.MAX_IMAGE_PIXELS)"
+    limit = limit or f"the {max_pixels / 1e6:g} MP limit"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im, (full_w, full_h) = open_drafted(path, is_jpeg)
-            if limit and im.size[0] * im.size[1] > limit:
-                raise FerlabError(f"{path}: image is {full_w}x{full_h} ({full_w * full_h / 1e6:.0f} MP), above the "
-                                  f"{limit / 1e6:.0f} MP decoding limit (PIL.Image.MAX_IMAGE_PIXELS); downscale it first")
-            scale = (full_w / im.size[0] + full_h / im.size[1]) / 2
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            pixels = pil_to_rgb(im)
-    except FerlabError:
+            warnings.simplefilter("ignore")
+            try:
+                im, (full_w, full_h) = open_drafted(source, is_jpeg)
+            except Image.DecompressionBombError as e:  # above 2x Pillow's MAX_IMAGE_PIXELS, not a JPEG
+                size = re.search(r"\((\d+) pixels\)", str(e))
+                mp = f" ({int(size.group(1)) / 1e6:.3g} MP)" if size else ""
+                over = limit if size and int(size.group(1)) > max_pixels else "Pillow's decoding limit (PIL.Image.MAX_IMAGE_PIXELS)"
+                raise ImageError(f"{prefix}image{mp} is above {over} and is not a JPEG; downscale it first", 413) from None
+            w, h = im.size  # what will be decoded
+            if w * h > max_pixels:
+                drafted = f", {w}x{h} at the smallest JPEG scale" if (w, h) != (full_w, full_h) else ""
+                raise ImageError(f"{prefix}image is {full_w}x{full_h} ({full_w * full_h / 1e6:.3g} MP{drafted}), "
+                                 f"above {limit}; downscale it first", 413)
+            big = large_lock is not None and w * h > LARGE_PIXELS  # one at a time: the peak is its decode
+            with large_lock if big else contextlib.nullcontext():
+                im.load()
+                if im.format not in ("JPEG", "MPO") and max(w, h) > REDUCED_SIDE:
+                    if im.mode in ("1", "P", "PA", "I;16", "I;16B", "I;16L"):  # modes reduce() cannot average
+                        im = im.convert({"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I"}.get(im.mode, "RGBA"))
+                    im = im.reduce(-(-max(w, h) // REDUCED_SIDE))  # keeps info (EXIF)
+                    w, h = im.size
+                pixels = pil_to_rgb(ImageOps.exif_transpose(im))
+                if big:
+                    del im
+                    release_freed_memory()
+    except (FerlabError, MemoryError):
         raise
-    except Image.DecompressionBombError as e:
-        size = re.search(r"\((\d+) pixels\)", str(e))
-        mp = f" ({int(size.group(1)) / 1e6:.0f} MP)" if size else ""
-        raise FerlabError(f"{path}: image{mp} is above the {(limit or 0) / 1e6:.0f} MP decoding limit "
-                          f"(PIL.Image.MAX_IMAGE_PIXELS) and is not a JPEG; downscale it first") from None
     except Image.UnidentifiedImageError:
-        raise FerlabError(f"{path}: not an image (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"{prefix}not an image (or a format Pillow cannot read)", 415) from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure is bad input
         msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise FerlabError(f"{path}: truncated or corrupt image ({msg})") from None
-    return pixels, scale
+        raise ImageError(f"{prefix}truncated or corrupt image ({msg})", 400) from None
+    return pixels, (full_w / w + full_h / h) / 2
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed after a large decode back to the OS (glibc's malloc_trim; a no-op
+    elsewhere). Without it each worker thread's malloc arena keeps its own freed copy of a large
+    image, and the peaks of successive large decodes add up instead of taking turns."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def open_drafted(source, is_jpeg: bool):
@@ -94,6 +174,8 @@ def open_drafted(source, is_jpeg: bool):
         im.draft("RGB", (int(full_w * s), int(full_h * s)))
     return im, (full_w, full_h)
 
+
+# ---- input conversion ---------------------------------------------------------------------
 
 def pil_to_rgb(im) -> np.ndarray:
     """A PIL image -> RGB uint8 (H, W, 3): alpha composited onto white, 16-bit gray rescaled."""
