@@ -82,6 +82,10 @@ def test_metadata_and_sidecar_card(exported):
     assert meta["ferlab.preprocessing"]["input"] == "faces" and "255" in meta["ferlab.preprocessing"]["pixels"]
     assert meta["ferlab.quantization"] == "none"
     assert "weights_path" not in meta["ferlab.card"] and len(meta["ferlab.card"]["weights_sha256"]) == 64
+    # the model's input, whole and machine-readable, read back as the Recognizer reads it
+    assert meta["ferlab.card"]["input"] == {"size": 48, "channels": 1, "scale": "pixels / 255", "pixel_divisor": 255.0,
+                                           "crop_scale": 1.15, "crop_shift": -0.03, "crop_box": "blazeface"}
+    assert Recognizer(str(path)).framing == (1.15, -0.03)
     card = json.loads(path.with_suffix(".json").read_text())
     assert card["model"] == "fernet_s" and card["classes"] == list(FER2013_CLASSES) and card["opset"] == 17
     assert card["fp32_parity"]["max_abs_diff"] < 1e-4 and card["onnx_file"] == "fernet.onnx"

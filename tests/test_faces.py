@@ -242,3 +242,14 @@ def test_cli_predict_close_up_no_face_and_corrupt_file(tmp_path, capsys, astrona
     assert len(faces["close.png"]) == 1 and faces["cat.jpg"] == [] and "bad.jpg" not in faces
     (line,) = err.strip().splitlines()
     assert line.startswith(f"ferlab predict: skipped {tmp_path / 'bad.jpg'}: ") and "corrupt" in line
+
+
+def test_each_detector_maps_the_models_framing_onto_its_boxes():
+    """A model's framing is written on BlazeFace boxes (ferlab.spec); Haar's boxes get the 1.10x
+    centred crop measured for them, and an image that is already a face is taken whole."""
+    from ferlab.spec import CROP_SCALE, CROP_SHIFT
+
+    assert BlazeFaceDetector.framing(BlazeFaceDetector.__new__(BlazeFaceDetector)) == (CROP_SCALE, CROP_SHIFT)
+    assert HaarDetector.framing(HaarDetector.__new__(HaarDetector)) == (1.10, 0.0)
+    assert FullImageDetector().framing(1.6, 0.05) == (1.0, 0.0)
+    assert BlazeFaceDetector.framing(BlazeFaceDetector.__new__(BlazeFaceDetector), 1.6, 0.05) == (1.6, 0.05)

@@ -482,3 +482,32 @@ def test_inputs_with_the_same_name_get_distinct_annotations(cli, capsys, fernet_
     assert np.abs(first.astype(int) - second[:, ::-1]).mean() < 20  # b's (mirrored) photo went to x-2.jpg
     code, stdout, err = cli("predict", tmp_path / "a", tmp_path / "b", "--model", fernet_weights, "--annotate", out)
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["x-2.jpg", "x.jpg"], err
+
+
+def test_the_face_framing_is_read_from_the_model_card(fernet_weights, astronaut, tmp_path):
+    """The crop framing is the model's, from its card's input (as timm keeps the crop in each model's
+    config), spec's defaults for a card without it; an ensemble must agree on it; a card naming an
+    input ferlab does not make is one line."""
+    from ferlab.checkpoint import save_weights
+    from ferlab.faces import create_detector, crop_faces
+    from ferlab.spec import CROP_SCALE, CROP_SHIFT
+
+    model, meta = load_model(str(fernet_weights))
+    meta.pop("weights_path")
+
+    def saved(name, **inp):
+        save_weights(tmp_path / f"{name}.safetensors", model, {**meta, "input": inp})
+        return str(tmp_path / f"{name}.safetensors")
+
+    assert Recognizer(saved("old"), backend="onnx").framing == (CROP_SCALE, CROP_SHIFT)  # a card from before
+    wide = Recognizer(saved("wide", crop_scale=1.6, crop_shift=0.05), backend="onnx")
+    assert wide.framing == (1.6, 0.05)
+    faces = create_detector("blazeface").detect(astronaut)
+    want = wide.predict_faces(crop_faces(astronaut, faces, 1.6, 0.05))
+    got = wide.predict(astronaut)
+    assert [f["probs"] for f in got] == [f["probs"] for f in want]
+    assert got[0]["probs"] != Recognizer(fernet_weights, backend="onnx").predict(astronaut)[0]["probs"]
+    with pytest.raises(FerlabError, match="an ensemble's members must take the same face crops"):
+        Recognizer([fernet_weights, saved("wide2", crop_scale=1.6)], backend="onnx")
+    with pytest.raises(FerlabError, match=r"big\.safetensors: the model takes 64x64 faces"):
+        Recognizer(saved("big", size=64), backend="onnx")

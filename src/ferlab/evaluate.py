@@ -36,6 +36,7 @@ from ferlab.inference import batched_probs, model_forward
 from ferlab.metrics import classification_report, plot_confusion, report_markdown
 from ferlab.models import create_model
 from ferlab.npinference import ensemble_mean
+from ferlab.spec import card_input
 from ferlab.tta import TTA_MODES
 
 
@@ -72,11 +73,13 @@ def batchnorm_check(run: Path, cfg, *, max_images: int = 4096, seed: int = 0, de
 def evaluate_models(specs: list[str], images: np.ndarray, *, tta: str = "none", device="cpu",
                     amp: str = "fp32", bn_images: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
     """Average probabilities of one or more models (an ensemble); returns (probs, model cards).
-    Members must name the same classes (FerlabError naming the first one that does not).
+    Members must name the same classes (FerlabError naming the first one that does not), and their
+    cards an input these 48x48 gray faces are (spec.card_input: size, channels, pixel scale).
     bn_images: faces to recompute each model's BatchNorm statistics on first (see recalibrate_batchnorm)."""
     members, cards = [], []
     for spec in specs:
         model, card = load_model(spec, device)
+        card_input(card, spec)
         check_same_classes([specs[0], spec], [cards[0] if cards else card, card])
         if bn_images is not None and not recalibrate_batchnorm(model, bn_images, device=device):
             raise FerlabError(f"{spec}: --recalibrate-bn needs BatchNorm layers in a PyTorch model; this one has none")

@@ -44,7 +44,8 @@ from ferlab.data import load_dataset
 from ferlab.errors import FerlabError
 from ferlab.inference import batched_probs
 from ferlab.onnxrt import INPUT_NAME, OUTPUT_NAME, OnnxModel, read_metadata
-from ferlab.spec import CLASSES, FACE_CROP, INPUT_SIZE
+from ferlab.spec import (CLASSES, CROP_SCALE, CROP_SHIFT, FACE_CROP, INPUT_SIZE, PIXEL_DIVISOR, card_input, face_crop_text,
+                         to_model_input)
 
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over all softmax probabilities
@@ -95,19 +96,23 @@ def set_metadata(proto, metadata: dict) -> None:
 
 
 def onnx_card(card: dict, opset: int, quantization: str = "none") -> dict:
-    """The metadata stored in the ONNX file, from a model card as load_model returns it."""
+    """The metadata stored in the ONNX file, from a model card as load_model returns it. The model's
+    input (size, pixel scale, face framing) is read from the card, spec's defaults filling what an
+    older card lacks, and written back whole: the ONNX file's card carries it."""
     weights = card.get("weights_path")
+    inp = card_input(card, weights or card.get("model", "model"))
     classes = card.get("classes")
     if not classes:
         classes = list(CLASSES)
-    public = {k: v for k, v in card.items() if k != "weights_path"}
+    public = {k: v for k, v in card.items() if k != "weights_path"} | {"input": inp}
     if weights:
         public["weights_file"] = Path(weights).name
         public["weights_sha256"] = file_sha256(weights)
     return {
         "ferlab.model": card.get("model", "unknown"),
         "ferlab.classes": list(classes),
-        "ferlab.preprocessing": {**PREPROCESSING, **({"training_input": card["input"]} if "input" in card else {})},
+        "ferlab.preprocessing": {**PREPROCESSING, "face_crop": face_crop_text(inp["crop_scale"], inp["crop_shift"]),
+                                 "training_input": inp},
         "ferlab.opset": opset,
         "ferlab.quantization": quantization,
         "ferlab.card": public,
@@ -149,7 +154,7 @@ def astronaut_faces(n: int = 64, seed: int = 0) -> np.ndarray:
                           "or pass --data PATH") from None
     gray = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2GRAY).astype(np.float32)
     x, y, w, h = ASTRONAUT_BOX
-    cx, cy, side = x + w / 2, y + h / 2 - 0.03 * h, 1.15 * max(w, h)
+    cx, cy, side = x + w / 2, y + h / 2 + CROP_SHIFT * h, CROP_SCALE * max(w, h)  # spec's framing
     rng = np.random.default_rng(seed)
     out = np.empty((n, INPUT_SIZE, INPUT_SIZE), np.float32)
     for i in range(n):
@@ -166,7 +171,7 @@ def astronaut_faces(n: int = 64, seed: int = 0) -> np.ndarray:
                 face = face[:, ::-1]
             face = (face - 128) * rng.uniform(0.6, 1.4) + 128 + rng.uniform(-40, 40)
             face = face + rng.normal(0, rng.uniform(0, 8), face.shape)
-        out[i] = np.clip(face, 0, 255) / 255.0
+        out[i] = np.clip(face, 0, 255) / PIXEL_DIVISOR  # float64 faces: divided, then rounded to float32 once
     return out
 
 
@@ -179,7 +184,7 @@ def dataset_faces(spec: str, n: int = 256, seed: int = 0) -> np.ndarray:
     if len(ds) == 0:
         raise FerlabError(f"{spec}: the data set has no faces")
     idx = np.random.default_rng(seed).choice(len(ds), size=min(n, len(ds)), replace=False)
-    return ds.images[np.sort(idx)].astype(np.float32) / 255.0
+    return to_model_input(ds.images[np.sort(idx)])
 
 
 # ---- int8 ---------------------------------------------------------------------------------------

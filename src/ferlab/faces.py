@@ -19,7 +19,9 @@ returns [] for them.
 
 `crop_faces(image_rgb, faces)` turns faces into (N, 48, 48) uint8 grayscale crops. The crop is a
 square around the box centre whose side is `crop_scale` x the box side, shifted by `crop_shift`
-box sides. Those numbers were measured, not guessed: we ran each detector on 800 FER2013
+box sides. The framing is the model's (its card's input, ferlab.spec: 1.15x a BlazeFace box,
+centred 3% higher); each detector says how its boxes map onto BlazeFace's (`Detector.framing`).
+Those numbers were measured, not guessed: we ran each detector on 800 FER2013
 Training faces (upscaled, padded with their border) and took the median frame-to-box ratio.
 BlazeFace's box is tight (the FER2013 frame is 1.14x its side, centred 3% of the box higher;
 measured with mediapipe's BlazeFace, whose boxes the bundled one reproduces to ~2 px on the
@@ -64,8 +66,14 @@ class Detector:
 
     name = "base"
     max_side = 1280  # detect on a copy downscaled to this longest side
-    crop_scale = CROP_SCALE  # crop side / box side (see module docstring)
-    crop_shift = 0.0  # vertical shift of the crop centre, in box heights (negative = up)
+    # This detector's boxes against BlazeFace's, on which models' framing is written (ferlab.spec):
+    box_scale = 1.0  # BlazeFace box side / this box's side
+    box_shift = 0.0  # BlazeFace box centre - this box's centre, in this box's heights (negative = up)
+
+    def framing(self, crop_scale: float = CROP_SCALE, crop_shift: float = CROP_SHIFT) -> tuple[float, float]:
+        """A model's framing (crop side / box side, centre shift in box heights, on BlazeFace boxes:
+        its card's input) as (crop_scale, crop_shift) for this detector's boxes."""
+        return crop_scale * self.box_scale, self.box_shift + crop_shift * self.box_scale
 
     def detect(self, image_rgb: np.ndarray) -> list[Face]:
         image = _check_image(image_rgb)
@@ -120,8 +128,6 @@ class BlazeFaceDetector(Detector):
 
     name = "blazeface"
     max_side = 1920  # larger photos are detected on a copy downscaled to this
-    crop_scale = CROP_SCALE   # the framing the bundled models were trained for (ferlab.spec)
-    crop_shift = CROP_SHIFT
 
     def __init__(self, min_score: float = 0.5, tile: int = 640, tile_above: int = 960, pad: float = 1.5,
                  closeup_min_score: float = 0.7, tile_min_score: float = 0.65, runtime: str = "auto"):
@@ -225,8 +231,8 @@ class HaarDetector(Detector):
 
     name = "haar"
     max_side = 800  # Haar's cost grows with pixels; faces under ~20 px at this size are missed
-    crop_scale = 1.10
-    crop_shift = 0.0
+    box_scale = 1.10 / CROP_SCALE  # measured: the bundled models' framing is 1.10x a Haar box, centred
+    box_shift = -CROP_SHIFT * box_scale
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5):
         if not haar_available():
@@ -252,7 +258,9 @@ class FullImageDetector(Detector):
     """The whole image is one face (input already cropped to a face)."""
 
     name = "full"
-    crop_scale = 1.0
+
+    def framing(self, crop_scale: float = CROP_SCALE, crop_shift: float = CROP_SHIFT) -> tuple[float, float]:
+        return 1.0, 0.0  # the image is the face, framed as the model takes it
 
     def detect(self, image_rgb):
         image = _check_image(image_rgb)
@@ -314,14 +322,11 @@ def crop_faces(image_rgb: np.ndarray, faces: list[Face], crop_scale: float = CRO
     return out
 
 
-def crop_faces_for(detector: Detector, image_rgb: np.ndarray, faces: list[Face], align: bool = True) -> np.ndarray:
-    """crop_faces with the framing measured for `detector`'s boxes."""
-    return crop_faces(image_rgb, faces, detector.crop_scale, detector.crop_shift, align)
-
-
-def to_float(crops: np.ndarray) -> np.ndarray:
-    """uint8 crops -> float32 pixels in [0, 1], the models' input scale."""
-    return crops.astype(np.float32) / 255.0
+def crop_faces_for(detector: Detector, image_rgb: np.ndarray, faces: list[Face], align: bool = True,
+                   framing: tuple[float, float] = (CROP_SCALE, CROP_SHIFT)) -> np.ndarray:
+    """crop_faces with a model's framing (its card's crop_scale and crop_shift, on BlazeFace boxes;
+    default: ferlab.spec's) mapped onto `detector`'s boxes."""
+    return crop_faces(image_rgb, faces, *detector.framing(*framing), align)
 
 
 def _crop_one(image, face, crop_scale, crop_shift, align, size):

@@ -31,7 +31,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from ferlab.atomic import atomic_write
 from ferlab.errors import FerlabError
-from ferlab.spec import INPUT_SIZE
+from ferlab.spec import INPUT_SIZE, to_model_input
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm"}
 JPEG_MIN_SIDE = 2560  # JPEGs decode at the smallest DCT scale keeping the longest side >= this
@@ -257,10 +257,10 @@ def faces_to_input(crops) -> np.ndarray:
             a = a[None]  # a single face
         if a.ndim == 3 and a.shape[1:] == (INPUT_SIZE, INPUT_SIZE):
             if a.dtype == np.uint8:
-                return a.astype(np.float32) / 255.0
+                return to_model_input(a)
             if np.issubdtype(a.dtype, np.floating):
                 a = a.astype(np.float32)
-                return a / 255.0 if a.size and float(a.max()) > 1.0 else a
+                return to_model_input(a) if a.size and float(a.max()) > 1.0 else a
         crops = list(a)
     elif not isinstance(crops, (list, tuple)):
         crops = [crops]
@@ -274,7 +274,7 @@ def _one_face(face) -> np.ndarray:
     if a.shape != (INPUT_SIZE, INPUT_SIZE):
         shrink = min(a.shape) >= INPUT_SIZE
         a = cv2.resize(np.ascontiguousarray(a), (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-    return a.astype(np.float32) / 255.0
+    return to_model_input(a)
 
 
 # ---- folders --------------------------------------------------------------------------------

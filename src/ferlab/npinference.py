@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ferlab.errors import FerlabError
+from ferlab.spec import to_model_input
 
 TTA_MODES = ("none", "flip", "tencrop")
 Forward = Callable[[np.ndarray], np.ndarray]  # float32 (N, 1, 48, 48) -> logits (N, C)
@@ -61,7 +62,7 @@ def batched_probs(forward: Forward, faces: np.ndarray, tta: str = "none", batch_
     check_tta(tta)
     faces = np.asarray(faces)
     if faces.dtype == np.uint8:
-        faces = faces.astype(np.float32) / 255
+        faces = to_model_input(faces)
     faces = faces.astype(np.float32, copy=False)
     if faces.ndim == 3:
         faces = faces[:, None]

@@ -48,12 +48,12 @@ from ferlab import npinference, onnxrt
 from ferlab.adapt import MIN_FACES, adapt_onnx, target_weight
 from ferlab.bundled import WEIGHTS_DIR, check_card_classes, onnx_twin, read_card, resolve_weights
 from ferlab.errors import FerlabError
-from ferlab.faces import create_detector, crop_faces_for, to_float
+from ferlab.faces import create_detector, crop_faces_for
 from ferlab.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
 from ferlab.labels import check_same_classes
 from ferlab.npinference import TTA_MODES, check_tta
 from ferlab.onnxrt import OnnxModel, load_onnx
-from ferlab.spec import CLASSES
+from ferlab.spec import CLASSES, card_input, to_model_input
 
 TORCH_HINT = 'pip install "ferlab[train]"'
 PRECISIONS = ("fp32", "bf16")
@@ -121,6 +121,7 @@ class Recognizer:
             self.models.append(m)
             self.cards.append(card)
         check_same_classes(self.names, self.cards)
+        self.framing = _framing(self.names, self.cards)
         card_classes = next((card["classes"] for card in self.cards if card.get("classes")), None)
         self.classes = tuple(classes or card_classes or CLASSES)
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
@@ -240,8 +241,8 @@ class Recognizer:
         faces = self.detector.detect(pixels)
         if not faces:
             return []
-        crops = crop_faces_for(self.detector, pixels, faces, align=self.align)
-        probs = self.probabilities(to_float(crops))
+        crops = crop_faces_for(self.detector, pixels, faces, align=self.align, framing=self.framing)
+        probs = self.probabilities(to_model_input(crops))
         results = []
         for face, p in zip(faces, probs):
             box = [int(round(v * scale)) for v in face.box] if scale != 1.0 else list(face.box)
@@ -348,6 +349,20 @@ def _photos(images, color: str, recursive: bool) -> Iterator[np.ndarray]:
                 print(f"ferlab: warning: {loaded}", file=sys.stderr)
             else:
                 yield loaded[0]
+
+
+def _framing(names: list[str], cards: list[dict]) -> tuple[float, float]:
+    """The face framing the models' cards name (crop_scale, crop_shift; ferlab.spec's for cards
+    without it), one for the ensemble: FerlabError naming two members that frame faces differently."""
+    framings = {}
+    for name, card in zip(names, cards):
+        inp = card_input(card, name)
+        framings.setdefault((inp["crop_scale"], inp["crop_shift"]), name)
+    if len(framings) > 1:
+        (a, first), (b, second) = list(framings.items())[:2]
+        raise FerlabError(f"{second}: frames faces at crop_scale {b[0]}, crop_shift {b[1]} (its card's input) but {first} at "
+                          f"{a[0]}, {a[1]}; an ensemble's members must take the same face crops")
+    return next(iter(framings))
 
 
 def _is_module(obj) -> bool:

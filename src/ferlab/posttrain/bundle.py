@@ -53,13 +53,14 @@ from ferlab.models import count_parameters
 from ferlab.onnxrt import OnnxModel
 from ferlab.posttrain.interpolate import interpolate_run
 from ferlab.posttrain.prior import balance_for_run, fold_into_bias
+from ferlab.spec import card_input, to_model_input
 from ferlab.training.config import run_config, train_command
 from ferlab.training.run import BestWeights
 
 
 def onnx_accuracy(model, data: str, test, int8: bool) -> dict:
     """PrivateTest accuracy of the fp32 and (with int8) int8 ONNX exports, as `ferlab export` writes them."""
-    faces = test.images.astype(np.float32) / 255.0
+    faces = to_model_input(test.images)
     fp32 = to_onnx(model)
     out = {"opset": DEFAULT_OPSET}
     graphs = [("fp32", fp32)] + ([("int8", quantize_int8(fp32, dataset_faces(data)))] if int8 else [])
@@ -179,6 +180,7 @@ def model_card(name: str, config: dict, meta: dict, model, run: Path, parents: d
         "classes": meta["classes"],
         "preprocessing": {"input": "grayscale face crop resized to 48x48 (INTER_AREA)", "scale": "pixels / 255 in [0, 1]",
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
+        "input": meta["input"],   # machine-readable: size, pixel scale, face framing (ferlab.spec.card_input)
         "data": {"train": (" + ".join("FER2013 Training" if source_name(s) == "fer2013" else f"{source_name(s)} train part"
                                       for s in config["data"]) + train_labels if mix
                            else f"FER2013 {config['train_splits']} ({Path(config['data']).name}){train_labels}"),
@@ -212,6 +214,7 @@ def run(a) -> int:
     parents = parent_training(config, a.start)   # before this bundle may overwrite one of them
     model, meta = load_model(str(a.run / "best.safetensors"))
     meta.pop("weights_path")
+    meta["input"] = card_input(meta, str(a.run))   # whole, spec's defaults for what an older run's card lacks
     line, balance = adjust(a, config, model)
     if line:
         meta["interpolation"] = {"alpha": line["alpha"], "start": line["start"]}
