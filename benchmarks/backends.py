@@ -30,6 +30,7 @@ from ferlab.export import astronaut_faces, export_model  # noqa: E402
 from ferlab.recognizer import Recognizer  # noqa: E402
 from ferlab.device import native_bf16  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
+from ferlab.spec import to_model_input  # noqa: E402
 from inference_speed import model_spec, timed  # noqa: E402  (same folder: the scripts run from benchmarks/)
 
 
@@ -72,7 +73,7 @@ def main():
             x = faces[:batch]
             row[f"faces_per_s_batch{batch}"] = round(batch / timed(lambda: rec.probabilities(x), args.seconds)[0], 1)
         if test is not None:
-            probs = rec.probabilities(test.images.astype(np.float32) / 255.0)
+            probs = rec.probabilities(to_model_input(test.images))
             ref = probs if ref is None else ref
             row.update({f"{split}_accuracy": round(float((probs.argmax(1) == test.labels).mean()), 4),
                         "top1_agreement_vs_torch_fp32": round(float((probs.argmax(1) == ref.argmax(1)).mean()), 4),

@@ -51,6 +51,7 @@ from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import summary  # noqa: E402
 from ferlab.posttrain.prior import balance_for_run, rebalance  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
+from ferlab.spec import to_model_input  # noqa: E402
 
 SHORT = {"angry": "ang", "disgust": "dis", "fear": "fea", "happy": "hap", "sad": "sad", "surprise": "sur", "neutral": "neu"}
 
@@ -79,7 +80,7 @@ def adapted_probs(spec: str, images: np.ndarray, tta: str) -> np.ndarray:
     """A model's probabilities on uint8 faces after adapting it to those same faces (no labels)."""
     from ferlab import Recognizer
 
-    x = images.astype(np.float32) / 255
+    x = to_model_input(images)
     return Recognizer(spec, detector="none", tta=tta, backend="onnx").adapt_faces(x).probabilities(x)
 
 

@@ -27,7 +27,9 @@ with one FerlabError naming `pip install "ferlab[train]"`.
 Images: a path, a PIL image or a NumPy array (RGB HxWx3, or BGR with color="bgr", gray HxW,
 RGBA HxWx4), any size, decoded and converted by ferlab.images; boxes are in the pixels of the
 upright (EXIF-oriented) image at its full size. Images smaller than 8 px on a side, and images
-without a face, give [].
+without a face, give []. Faces are cropped with the framing the models' cards name (rec.framing:
+crop_scale, crop_shift; ferlab.spec.card_input, spec's defaults for older cards), mapped onto the
+detector's boxes, and scaled to the model input by ferlab.spec.to_model_input.
 
 `add_model_arguments` and `recognizer_from_args` are the model options of every command that
 recognises (predict, video, webcam, serve).
