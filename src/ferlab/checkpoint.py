@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ferlab.atomic import atomic_write
-from ferlab.bundled import WEIGHTS_DIR, resolve_weights  # noqa: F401  (resolved without torch; re-exported)
+from ferlab.bundled import WEIGHTS_DIR, check_card_classes, read_card, resolve_weights  # noqa: F401  (WEIGHTS_DIR re-exported)
 from ferlab.errors import FerlabError
 from ferlab.labels import check_same_classes  # noqa: F401  (re-exported)
 from ferlab.models import create_model
@@ -75,9 +75,9 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> tuple[torch.nn.
         model.load_state_dict(state)
     except RuntimeError as e:
         raise FerlabError(f"{path}: weights do not fit model {meta['model']} ({str(e).splitlines()[0]})") from None
-    card_path = path.with_suffix(".json")
-    if card_path.is_file():
-        meta = {**json.loads(card_path.read_text()), **meta}
+    card = read_card(path)   # a model card beside the weights: its classes must be theirs; the weights' metadata wins
+    check_card_classes(card, path, meta.get("classes", card.get("classes")))
+    meta = {**card, **meta}
     meta["weights_path"] = str(path)
     return model.to(device).eval(), meta
 
