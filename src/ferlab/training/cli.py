@@ -1,6 +1,6 @@
 """The `ferlab train` command: its flags (one per TrainConfig field, --recipe first), how the given
 flags, a recipe and a resumed run's config.json combine into one TrainConfig, and extending a
-finished run with more --epochs."""
+finished run with more --epochs, all under the run directory's lock (ferlab.training.runlock)."""
 
 import argparse
 import json
@@ -15,8 +15,11 @@ from ferlab.atomic import atomic_write_text, check_writable
 from ferlab.checkpoint import load_state
 from ferlab.errors import FerlabError
 from ferlab.recipes import get_recipe
-from ferlab.training.config import CHOICES, TrainConfig, absolute_data, absolute_spec, normalized_config, shown_setting
+from ferlab.training.config import (CHOICES, TrainConfig, absolute_data, absolute_spec, config_from_file, normalized_config,
+                                    run_config, saved_config, shown_setting)
+from ferlab.training.distributed import is_main_process
 from ferlab.training.run import check_state, fit, open_run
+from ferlab.training.runlock import run_lock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +61,7 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
         saved_path = out / "config.json"
         if not saved_path.is_file():
             raise FerlabError(f"{out}: nothing to resume (no config.json)")
-        saved = json.loads(saved_path.read_text())
+        saved = saved_config(out)
         if args.recipe and args.recipe != saved.get("recipe"):
             explicit["recipe"] = args.recipe
         stored = normalized_config(saved)   # a config.json of before absolute paths compares by its absolute paths
@@ -69,11 +72,11 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
                 raise FerlabError(f"{out}: --epochs {epochs} is fewer than the run's {stored['epochs']}; a run can only be extended")
             if stored.get("average_from"):
                 raise FerlabError(f"{out}: a run with --average-from cannot be extended (its averaging window depends on --epochs)")
-            return TrainConfig(**{**saved, "epochs": epochs}), out
+            return config_from_file({**saved, "epochs": epochs}, saved_path), out
         if changed:
             raise FerlabError(f"{out}: holds a run with different settings ({', '.join(f'{k}: {shown_setting(k, stored.get(k))} -> {shown_setting(k, v)}' for k, v in changed.items())}); "
                               "resume it with the same options or start a new --out")
-        return TrainConfig(**saved), out
+        return config_from_file(saved, saved_path), out
     base = {}
     if args.recipe:
         base = get_recipe(args.recipe)
@@ -85,8 +88,8 @@ def config_from_args(args) -> tuple[TrainConfig, Path]:
         raise FerlabError("data-parallel runs need an explicit --out (every process must agree on it)")
     if out is None:
         out = Path.home() / "ferlab-runs" / f"{cfg.recipe or cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    is_main = int(os.environ.get("RANK", "0")) == 0  # other ranks start after rank 0 may have written
-    if is_main and ((out / "config.json").exists() or (out / "last.pt").exists()):
+    # other ranks start after rank 0 may have written
+    if is_main_process() and ((out / "config.json").exists() or (out / "last.pt").exists()):
         raise FerlabError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     return cfg, out
 
@@ -96,16 +99,24 @@ def run(args) -> int:
         if args.threads < 1:
             raise FerlabError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    cfg, out = config_from_args(args)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
+    if args.out is None or not args.out.is_dir():   # a new run directory: its options are checked before it is made
+        args.out = config_from_args(args)[1]
     if main:
-        check_writable(out)
+        check_writable(args.out)
+    with run_lock(args.out, main):   # from before config.json is read, so two trainings of one run cannot both start
+        return train_locked(args, main)
+
+
+def train_locked(args, main: bool) -> int:
+    """`ferlab train` in a run directory this process holds the lock of."""
+    cfg, out = config_from_args(args)
     resume = args.resume
     if resume and not (out / "last.pt").is_file():   # killed in its first epoch: nothing is lost by starting over
         if main:
             print(f"{out}: no epoch finished before the run stopped (no last.pt); starting afresh")
         resume = False
-    if resume and (planned := json.loads((out / "config.json").read_text())["epochs"]) != cfg.epochs:
+    if resume and (planned := run_config(out).epochs) != cfg.epochs:
         state = load_state(out / "last.pt")
         check_state(state, out / "last.pt")
         if state["history"] and state["history"][-1].get("stopped"):

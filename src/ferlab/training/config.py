@@ -6,7 +6,8 @@ without loading the training loop."""
 import json
 import os
 import shlex
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ferlab.augment import AUGMENT_PRESETS
@@ -80,8 +81,11 @@ class TrainConfig:
     teacher_tta: str = option("none", "the teacher's view of each training batch (ferlab.tta)")
     distill_weight: float = option(0.5, "w in loss = (1 - w) * CE(labels) + w * T^2 * KL(teacher || student)")
     distill_temperature: float = option(4.0, "T: both distributions softened by logits / T")
-    amp: str = option("auto", "precision; auto: bf16 where the device supports it, else fp32")
-    channels_last: bool = option(True, "channels_last memory layout (faster on CPUs)")
+    amp: str = option("auto", "precision; auto: bf16 where the device supports it (recent CPUs, Ampere+ GPUs), else fp32")
+    channels_last: bool = option(True, "channels_last memory layout (faster on CPUs and GPUs)")
+    deterministic: bool = option(False, "deterministic kernels (cuDNN, cuBLAS): a resumed run ends exactly as an "
+                                        "uninterrupted one on CUDA too (on a CPU it always does); slower on GPUs")
+    compile: bool = option(False, "torch.compile the model for training (GPUs; compiling takes a while at the start)")
     seed: int = option(0, "seed of initialisation, data order, augmentation and splits")
     recipe: str | None = option(None, "a paper's protocol (see `ferlab recipes`)")
 
@@ -158,11 +162,54 @@ def normalized_config(saved: dict) -> dict:
 
 
 def run_config(run: Path) -> TrainConfig:
-    """The TrainConfig a run directory was trained with (its config.json)."""
+    """The TrainConfig a run directory was trained with (its config.json, checked: see saved_config)."""
+    return config_from_file(saved_config(run), Path(run) / "config.json")
+
+
+def saved_config(run: Path) -> dict:
+    """A run directory's config.json as a dict of settings, checked against TrainConfig's fields:
+    FerlabError naming the file (and the field) when it is missing, not JSON, not an object, or
+    holds an unknown setting or a value of the wrong type (a hand-edited file)."""
     path = Path(run) / "config.json"
     if not path.is_file():
         raise FerlabError(f"{run}: not a training run (no config.json)")
-    return TrainConfig(**json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FerlabError(f"{path}: not valid JSON ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(saved, dict):
+        raise FerlabError(f"{path}: holds a JSON {type(saved).__name__}, not an object of settings")
+    kinds = {f.name: typing.get_args(f.type) or (f.type,) for f in fields(TrainConfig)}
+    for key, value in saved.items():
+        if key not in kinds:
+            raise FerlabError(f"{path}: unknown setting {key!r} (not an option of `ferlab train`)")
+        if not any(json_type_fits(value, kind) for kind in kinds[key]):
+            raise FerlabError(f"{path}: {key} must be {' or '.join(JSON_TYPE_NAMES[k] for k in kinds[key])}, not {value!r}")
+    return saved
+
+
+# How a config.json value of each TrainConfig field type is named in an error.
+JSON_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "an object",
+                   list: "a list of strings", type(None): "null"}
+
+
+def json_type_fits(value, kind: type) -> bool:
+    """Whether a JSON value can be a TrainConfig field of type `kind` (an integer is a float; true is no number)."""
+    if isinstance(value, bool) and kind is not bool:
+        return False
+    if kind is float:
+        return isinstance(value, (int, float))
+    if kind is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, kind)
+
+
+def config_from_file(settings: dict, path: Path) -> TrainConfig:
+    """TrainConfig(**settings) of a run's config.json (see saved_config), its checks naming the file."""
+    try:
+        return TrainConfig(**settings)
+    except FerlabError as e:
+        raise FerlabError(f"{path}: {e}") from None
 
 
 def train_command(config: dict) -> str:

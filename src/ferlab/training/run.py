@@ -8,11 +8,12 @@ Under torchrun only rank 0 writes files (ferlab.training.distributed).
 """
 
 import csv
+import errno
 import io
 import json
 import math
-import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,13 @@ from ferlab.errors import FerlabError
 from ferlab.metrics import plot_curves
 from ferlab.models import create_model
 from ferlab.spec import input_card
-from ferlab.training.config import TrainConfig, normalized_config, parse_source_weights, shown_setting
-from ferlab.training.distributed import Dist, init_distributed
+from ferlab.training.backend import deterministic_kernels, training_faces
+from ferlab.training.config import TrainConfig, normalized_config, parse_source_weights, saved_config, shown_setting
+from ferlab.training.distributed import Dist, for_data_parallel, init_distributed, is_main_process
 from ferlab.training.losses import balanced_class_weights, logit_offset
 from ferlab.training.loop import EpochSetup, evaluate_split, train_one_epoch
 from ferlab.training.optim import EarlyStopping, average_update_fn, build_optimizer, build_scheduler
+from ferlab.training.runlock import run_lock
 from ferlab.training.transfer import load_init_weights, load_teachers
 
 
@@ -124,12 +127,12 @@ def open_run(out: Path, cfg: TrainConfig, resume: bool | None = None) -> bool:
     out = Path(out)
     if resume is None:
         if (out / "config.json").is_file():
-            saved, want = normalized_config(json.loads((out / "config.json").read_text())), json.loads(json.dumps(asdict(cfg)))
+            saved, want = normalized_config(saved_config(out)), normalized_config(asdict(cfg))
             if saved != want:
                 diff = ", ".join(f"{k}: {shown_setting(k, saved.get(k))} -> {shown_setting(k, v)}" for k, v in want.items() if saved.get(k) != v)
                 raise FerlabError(f"{out}: holds a run with other settings ({diff}); remove it or use another --out")
         resume = (out / "config.json").is_file() and (out / "last.pt").is_file()
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         remove_leftovers(out)   # of a process killed mid-write
         if not resume:
@@ -196,7 +199,8 @@ def source_sample_weights(cfg: TrainConfig, train) -> torch.Tensor | None:
 
 
 def build_parts(cfg: TrainConfig, train, classes, device, d: Dist, init: bool, log) -> Parts:
-    images, targets = torch.from_numpy(train.images), training_targets(cfg, train)
+    images = training_faces(train.images, device)   # on a GPU for the whole run, when they fit
+    targets = training_targets(cfg, train).to(images.device)
     sample_weights = source_sample_weights(cfg, train)
     offset = logit_offset(cfg.logit_adjust, train.labels, len(classes)) if cfg.logit_adjust else None
     model = create_model(cfg.model, **{**cfg.model_kwargs, "num_classes": len(classes)}).to(device)
@@ -206,9 +210,9 @@ def build_parts(cfg: TrainConfig, train, classes, device, d: Dist, init: bool, l
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=average_update_fn(cfg.ema), use_buffers=True) if cfg.ema else None
-    train_model = model
-    if d.world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = for_data_parallel(model, d)
+    if cfg.compile:
+        train_model = torch.compile(train_model)   # model keeps its parameter names for the state dicts
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
     scheduler, step_scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
@@ -242,6 +246,8 @@ def restore(out: Path, cfg: TrainConfig, parts: Parts, d: Dist, log) -> Progress
         scheduler.__dict__.update(plan)
     parts.setup.gen.set_state(state["rng"]["generator"])
     torch.set_rng_state(state["rng"]["torch"])
+    if isinstance(state["rng"].get("cuda"), torch.Tensor) and parts.setup.device.type == "cuda":   # dropout on the GPU
+        torch.cuda.set_rng_state(state["rng"]["cuda"], parts.setup.device)
     progress = Progress(state["history"], state["best_acc"], None, state["epoch"])
     if d.main:   # a last.pt written before it recorded "best": best.safetensors says what it holds
         progress.best = BestWeights(**state["best"]) if state.get("best") else BestWeights.of_run(out)
@@ -291,14 +297,33 @@ def checkpoint(out: Path, cfg: TrainConfig, classes, parts: Parts, progress: Pro
         progress.best_acc = acc
         progress.best = BestWeights(epoch, acc, tuple(extra["averaged_epochs"]) if extra else None)
         meta = {**weights_meta(cfg, classes, epoch, {"val_acc": acc}), **extra, "trained_on": machine}
-        save_weights(out / "best.safetensors", chosen, meta)
-    best, gen = progress.best, parts.setup.gen
-    save_state(out / "last.pt", {
-        **{key: part.state_dict() if part is not None else None for key, part in parts.stateful.items()},
-        "epoch": epoch, "best_acc": progress.best_acc, "best": asdict(best) if best else None, "history": progress.history,
-        "rng": {"generator": gen.get_state(), "torch": torch.get_rng_state()}, "config": asdict(cfg),
-    })
-    write_metrics(out, progress.history, cfg)
+        with resumable_when_full(out, "best.safetensors"):
+            save_weights(out / "best.safetensors", chosen, meta)
+    best, gen, device = progress.best, parts.setup.gen, parts.setup.device
+    rng = {"generator": gen.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    with resumable_when_full(out, "last.pt"):
+        save_state(out / "last.pt", {
+            **{key: part.state_dict() if part is not None else None for key, part in parts.stateful.items()},
+            "epoch": epoch, "best_acc": progress.best_acc, "best": asdict(best) if best else None,
+            "history": progress.history, "rng": rng, "config": asdict(cfg),
+        })
+    with resumable_when_full(out, "metrics.csv"):
+        write_metrics(out, progress.history, cfg)
+
+
+@contextmanager
+def resumable_when_full(out: Path, name: str):
+    """A full disk (or quota) while writing out/name: FerlabError saying so and how to go on. The
+    write is atomic, so the file of the epoch before stays whole and --resume continues from it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        raise FerlabError(f"{out / name}: no space left on device while writing it (the previous one is kept); "
+                          f"free some space, then `ferlab train --resume --out {out}` continues the run") from None
 
 
 def epoch_line(row: dict) -> str:
@@ -317,8 +342,13 @@ def fit(cfg: TrainConfig, out: Path, resume: bool = False, device: str = "auto",
     on every process); returning True ends the run after this epoch, as early stopping does (an
     Optuna pruner, a time budget).
     """
-    device = resolve_device(device)
+    with run_lock(out, is_main_process()), deterministic_kernels(cfg.deterministic):
+        return _fit(cfg, Path(out), resume, resolve_device(device), log, on_epoch_end)
+
+
+def _fit(cfg: TrainConfig, out: Path, resume: bool, device: torch.device, log, on_epoch_end) -> FitResult:
     d = init_distributed(device)
+    device = d.device   # under torchrun on GPUs: this process's GPU
     torch.manual_seed(cfg.seed)
     data, train, val, test = load_run_data(cfg)
     parts = build_parts(cfg, train, data.classes, device, d, init=not resume, log=log if d.main else lambda m: None)
