@@ -59,3 +59,45 @@ def test_torch_recognizer_on_cuda_matches_the_onnx_cpu_path(astronaut):
     # TF32 convolutions (PyTorch's default on CUDA) keep ~1e-3 of fp32's precision; measured 7e-6 on an H200
     assert np.abs(got - want).max() < 1e-3, np.abs(got - want).max()
     assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_data_parallel_on_every_visible_gpu_and_its_resume(toy_csv, tmp_path):
+    """torchrun with one process per visible GPU (at least 1): each binds cuda:LOCAL_RANK (NCCL, sums on
+    the GPU, SyncBatchNorm), only rank 0 writes the run, and --resume --epochs extends it, every rank
+    loading the same last.pt. (2 CPU processes over gloo: test_train's data-parallel test.)"""
+    import os
+    import subprocess
+    import sys
+
+    n, run = torch.cuda.device_count(), tmp_path / "ddp"
+
+    def torchrun(*args):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n), "--master-port", "29531",
+                   "-m", "ferlab", "train", *map(str, args), "--out", str(run), "--device", "cuda"]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+    first = torchrun(*TINY, "--data", toy_csv, "--epochs", 2, "--batch-size", 64, "--lr", 3e-3)
+    assert f"{n} process(es)" in first.stdout, first.stdout
+    torchrun("--resume", "--epochs", 3)
+    rows = read_metrics(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert load_state(run / "last.pt")["epoch"] == 3
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_deterministic_resume_on_cuda_ends_exactly_as_the_straight_run(ferlab, toy_csv, tmp_path):
+    """--deterministic: a run killed part-way and resumed on the GPU ends with the uninterrupted run's numbers."""
+    args = ["train", *TINY, "--data", toy_csv, "--epochs", 8, "--batch-size", 32, "--optimizer", "sgd", "--lr", 0.05,
+            "--schedule", "onecycle", "--augment", "fernet", "--ema", 0.9, "--label-smoothing", 0.1,
+            "--deterministic", "--device", "cuda"]
+    ferlab(*args, "--out", tmp_path / "straight")
+    killed = tmp_path / "killed"
+    kill_training_after(args, killed, epochs=2)
+    assert 2 <= load_state(killed / "last.pt")["epoch"] < 8, "the run should have been killed part-way"
+    ferlab("train", "--resume", "--out", killed, "--device", "cuda")
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(killed)
+    assert len(resumed) == len(straight) == 8
+    for s, r in zip(straight, resumed):
+        for key in ("lr", "train_loss", "train_acc", "val_loss", "val_acc"):
+            assert float(s[key]) == pytest.approx(float(r[key]), rel=1e-6, abs=1e-7), (s["epoch"], key)
