@@ -4,7 +4,8 @@ The run directory holds `config.json`, `metrics.csv`, `last.pt` (full training s
 `best.safetensors` (best validation accuracy, or the last epoch with `--select last`) and
 `curves.png`, all written atomically. `--resume` restores model, optimizer, schedule, RNG and
 callback state from `last.pt`, so a killed run ends exactly where an uninterrupted one would.
-Under torchrun only rank 0 writes files (ferlab.training.distributed).
+Under torchrun only rank 0 writes files (ferlab.training.distributed); one process at a time
+trains in a run directory (ferlab.training.runlock).
 """
 
 import csv
