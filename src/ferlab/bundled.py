@@ -45,15 +45,19 @@ def read_card(weights: Path) -> dict:
     """The model card beside a weights file (NAME.json beside NAME.safetensors), {} when there is none;
     FerlabError naming the card when it is not a JSON object."""
     card_path = Path(weights).with_suffix(".json")
-    if not card_path.is_file():
-        return {}
+    return read_json_object(card_path, "model card") if card_path.is_file() else {}
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A user-editable JSON file that must hold an object (a model card, a run's config.json);
+    FerlabError naming the file when it cannot be read, is not JSON or is not an object."""
     try:
-        card = json.loads(card_path.read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise FerlabError(f"{card_path}: model card is not valid JSON ({str(e).splitlines()[0][:160]})") from None
-    if not isinstance(card, dict):
-        raise FerlabError(f"{card_path}: model card is a JSON {type(card).__name__}, not an object")
-    return card
+        raise FerlabError(f"{path}: {what} is not valid JSON ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(data, dict):
+        raise FerlabError(f"{path}: {what} is a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def check_card_classes(card: dict, weights: Path, classes) -> None:

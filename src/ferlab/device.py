@@ -11,6 +11,7 @@ import platform
 import torch
 
 from ferlab.errors import FerlabError
+from ferlab.spec import PIXEL_DIVISOR
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -72,5 +73,5 @@ def describe_machine(device: torch.device | None = None) -> str:
 
 def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """uint8 (B, 48, 48) -> float (B, 1, 48, 48) in [0, 1] on the device."""
-    x = images_u8.to(device, non_blocking=True).unsqueeze(1).float().div_(255)
+    x = images_u8.to(device, non_blocking=True).unsqueeze(1).float().div_(PIXEL_DIVISOR)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x

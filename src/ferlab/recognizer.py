@@ -293,7 +293,7 @@ class Recognizer:
         """
         crops = [crop for pixels in _photos(images, color, recursive)
                  if (faces := self.detector.detect(pixels))
-                 for crop in crop_faces_for(self.detector, pixels, faces, align=self.align)]
+                 for crop in crop_faces_for(self.detector, pixels, faces, align=self.align, framing=self.framing)]
         return self.adapt_faces(np.stack(crops) if crops else np.zeros((0, 48, 48), np.uint8))
 
     def adapt_faces(self, crops) -> "Recognizer":

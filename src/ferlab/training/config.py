@@ -14,6 +14,7 @@ from ferlab.augment import AUGMENT_PRESETS
 from ferlab.data import data_names
 from ferlab.data.specs import map_spec_paths
 from ferlab.data.splits import check_fold
+from ferlab.bundled import read_json_object
 from ferlab.errors import FerlabError
 from ferlab.recipes import get_recipe
 
@@ -173,12 +174,7 @@ def saved_config(run: Path) -> dict:
     path = Path(run) / "config.json"
     if not path.is_file():
         raise FerlabError(f"{run}: not a training run (no config.json)")
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise FerlabError(f"{path}: not valid JSON ({str(e).splitlines()[0][:160]})") from None
-    if not isinstance(saved, dict):
-        raise FerlabError(f"{path}: holds a JSON {type(saved).__name__}, not an object of settings")
+    saved = read_json_object(path, "the run's settings file")
     kinds = {f.name: typing.get_args(f.type) or (f.type,) for f in fields(TrainConfig)}
     for key, value in saved.items():
         if key not in kinds:
