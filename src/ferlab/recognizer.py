@@ -66,8 +66,9 @@ class Recognizer:
     """Faces -> expression probabilities with one model (or an ensemble) and one face detector.
 
     model: "default" (bundled), "default-int8" (its bundled int8 ONNX export), "ferplus" (the bundled
-    8-class FER+ model; "ferplus-int8"), "general" (the fine-tune on FER2013, muxspace48 and CK+48
-    that `default` is 0.3 of the way to: stronger on posed and web photos; "general-int8"), a run directory, a .safetensors file, an .onnx file
+    8-class FER+ model; "ferplus-int8"), "general" (the fine-tune on FER2013, muxspace48, CK+48
+    and taiwanese_tpe that `default` is 0.4 of the way to: stronger on posed and web photos; "general-int8"),
+    a run directory, a .safetensors file, an .onnx file
     written by `ferlab export`, or an nn.Module (then pass classes); or a list of these: an
     ensemble whose probabilities are the mean of its members' (each with the same tta). Members
     must name the same classes, else a FerlabError names the first that does not. rec.models and
