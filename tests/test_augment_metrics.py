@@ -6,6 +6,7 @@ import torch
 
 from ferlab.augment import AUGMENT_PRESETS, AugmentConfig, apply_augment, mix_batch, sample_params
 from ferlab.metrics import classification_report, confusion_matrix, report_markdown
+import ferlab.metrics
 
 
 def batch(n=16):
@@ -119,3 +120,13 @@ def test_first_reached_counts_minutes_up_to_the_first_epoch_at_each_threshold():
             {"epoch": "3", "time_s": "60", "test_acc": "0.69"}, {"epoch": "4", "time_s": "60", "test_acc": ""}]
     reached = first_reached(rows, (0.5, 0.7, 0.72))
     assert reached == {0.5: (1, 1.0), 0.7: (2, 3.0)}
+
+
+def test_curves_have_integer_epoch_ticks(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(ferlab.metrics, "_savefig", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": e / 4, "val_acc": e / 5} for e in (1, 2, 3)]
+    ferlab.metrics.plot_curves(rows, tmp_path / "curves.png")
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -10,10 +10,12 @@ import pytest
 import ferlab.data.fer2013 as fer2013_module
 import ferlab.data.folders as folders_module
 from ferlab.cli import main as ferlab_main
-from ferlab.data import (FaceDataset, apply_random_split, apply_subject_fold, load_dataset, load_image_folders,
+from ferlab.data import (FaceDataset, apply_random_split, apply_subject_fold, load_dataset, load_image_folders, load_run_data,
                          stratified_split, subject_kfold)
 from ferlab.errors import FerlabError
 from ferlab.labels import CKPLUS_CLASSES, FER2013_CLASSES, FERPLUS8_CLASSES
+from ferlab.training.config import TrainConfig
+from synthetic import write_csv as write_split_csv
 
 RNG = np.random.default_rng(0)
 
@@ -503,3 +505,14 @@ def test_animated_gif_in_an_image_folder_loads_its_first_frame(tmp_path, capsys,
     assert len(ds) == 3 and capsys.readouterr().err == ""
     gif = ds.images[[i for i in range(3) if abs(int(ds.images[i].mean()) - 40) <= 3]]
     assert len(gif) == 1 and np.abs(gif.astype(int) - 40).max() <= 3  # the first frame, not the others
+
+
+def test_a_csv_with_only_a_training_split_gets_a_seeded_validation_split(tmp_path, capsys):
+    csv = write_split_csv(tmp_path / "train-only.csv", 300, 0, 0)
+    cfg = TrainConfig(data=str(csv), seed=3)
+    data, train, val, test = load_run_data(cfg)
+    assert len(train) + len(val) == 300 and 20 <= len(val) <= 40 and test is None
+    assert "warning" in capsys.readouterr().err
+    again = load_run_data(cfg)[2]
+    assert np.array_equal(val.images, again.images)   # seeded: the same faces every time (and on resume)
+    assert not np.array_equal(val.images, load_run_data(TrainConfig(data=str(csv), seed=4))[2].images)

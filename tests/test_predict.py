@@ -511,3 +511,36 @@ def test_the_face_framing_is_read_from_the_model_card(fernet_weights, astronaut,
         Recognizer([fernet_weights, saved("wide2", crop_scale=1.6)], backend="onnx")
     with pytest.raises(FerlabError, match=r"big\.safetensors: the model takes 64x64 faces"):
         Recognizer(saved("big", size=64), backend="onnx")
+
+
+def test_predict_frame_without_pandas_says_so_in_one_line(recognizer, astronaut, monkeypatch):
+    import sys
+    from ferlab.errors import FerlabError
+    monkeypatch.setitem(sys.modules, "pandas", None)   # import pandas -> ImportError
+    with pytest.raises(FerlabError, match="needs pandas: pip install pandas"):
+        recognizer.predict_frame(astronaut)
+
+
+def test_predict_frame_is_one_row_per_face(recognizer, astronaut, cat):
+    pandas = pytest.importorskip("pandas")
+    frame = recognizer.predict_frame([astronaut, cat])
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == 1 and frame["image"].tolist() == [0]
+    assert list(frame.columns[:9]) == ["image", "face", "x", "y", "w", "h", "score", "label", "confidence"]
+    assert list(frame.columns[9:]) == list(recognizer.classes)
+    assert frame.loc[0, "label"] == recognizer.predict(astronaut)[0]["label"]
+
+
+def test_predict_frame_rows_without_pandas_installed(recognizer, astronaut, cat, monkeypatch):
+    """The rows predict_frame hands to pandas.DataFrame, checked with a stand-in when pandas is missing."""
+    import sys
+    import types
+    fake = types.SimpleNamespace(DataFrame=lambda rows, columns: (rows, columns))
+    monkeypatch.setitem(sys.modules, "pandas", fake)
+    rows, columns = recognizer.predict_frame([astronaut, cat])
+    assert columns == ["image", "face", "x", "y", "w", "h", "score", "label", "confidence", *recognizer.classes]
+    assert len(rows) == 1 and rows[0]["image"] == 0 and rows[0]["face"] == 0
+    face = recognizer.predict(astronaut)[0]
+    assert [rows[0][k] for k in "xywh"] == face["box"] and rows[0]["label"] == face["label"]
+    assert all(rows[0][c] == face["probs"][c] for c in recognizer.classes)
+    rows, _ = recognizer.predict_frame(astronaut)   # one image
+    assert len(rows) == 1

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -713,3 +714,14 @@ def test_an_early_stopped_run_is_not_extended(cli, toy_csv, tmp_path):
         pytest.skip("validation loss kept falling at lr 1e-9: no early stop to test")
     code, out, err = cli("train", "--resume", "--out", run, "--epochs", 5)
     assert code == 2 and "stopped early" in err and json.loads((run / "config.json").read_text())["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_train_threads_sets_torch_threads(ferlab, toy_csv, tmp_path):
+    proc = ferlab("train", *TINY, "--data", toy_csv, "--epochs", 1, "--threads", 2, "--device", "cpu",
+                  "--out", tmp_path / "run",
+                  env={"OMP_NUM_THREADS": "1"})
+    assert re.search(r"\b2 threads\b", proc.stdout), proc.stdout
+    assert "threads" not in json.loads((tmp_path / "run" / "config.json").read_text())
+    bad = ferlab("train", *TINY, "--data", toy_csv, "--threads", 0, "--out", tmp_path / "bad", check=False)
+    assert bad.returncode == 2 and "--threads" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
