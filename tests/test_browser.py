@@ -55,7 +55,7 @@ def server(fernet_weights, tmp_path_factory):
                                  "--threads", "1", "--detector", "blazeface"], stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        if not wait_until(lambda: proc.poll() is not None or healthy(url), timeout=30, interval=0.2) or proc.poll() is not None:
+        if not wait_until(lambda: proc.poll() is not None or healthy(url), timeout=90, interval=0.2) or proc.poll() is not None:
             pytest.fail(f"ferlab serve did not start:\n{log.read_text()[-2000:]}")
         yield url
     finally:
