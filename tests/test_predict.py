@@ -379,7 +379,7 @@ def test_bundled_model_matches_its_card_and_reads_a_real_smile(astronaut, name, 
     assert len(faces) == 1 and faces[0]["label"] == "happy" and faces[0]["confidence"] > 0.5
     assert card["metrics"]["privatetest_tta_none"]["num_samples"] == test_rows
     if name == "general":   # trained on a mix: the card scores each source's test part
-        assert set(card["metrics"]["source_test_parts_tta_none"]) == {"fer2013", "muxspace48", "CK+48"}
+        assert set(card["metrics"]["source_test_parts_tta_none"]) == {"fer2013", "muxspace48", "CK+48", "taiwanese_tpe"}
 
 
 def test_float16_weights_load_into_a_float32_model(tmp_path):
