@@ -54,6 +54,12 @@ RECOGNISE = textwrap.dedent("""
     cli_faces = json.loads(out.getvalue())["faces"]
     rec = Recognizer()
     faces = rec.predict(sys.argv[1])
+    import numpy as np
+    crops = np.random.default_rng(0).random((16, 48, 48), dtype=np.float32) * 0.5   # darker faces than FER2013's
+    before = rec.predict_faces(crops)[0]["probs"]
+    adapted = rec.adapt_faces(crops).predict_faces(crops)[0]["probs"]   # BatchNorm statistics, on onnxruntime
+    assert rec.adaptation["faces"] == 16 and adapted != before, (before, adapted)
+    rec.reset()
     import ferlab.serving.cli, ferlab.video, ferlab.demo, ferlab.predict  # noqa: E401
     attempts = getattr(sys, "torch_attempts", [])
     print(json.dumps({"cli": [f["label"] for f in cli_faces], "api": [f["label"] for f in faces],
