@@ -30,6 +30,16 @@ def cache_path(kind: str, key: str) -> Path:
     return cache_dir() / f"{kind}-{digest}.npz"
 
 
+def file_set_path(kind: str, version: str, root: Path, paths) -> Path:
+    """Entry for a set of files under `root`: keyed by their relative paths, sizes and modification
+    times, so editing, adding or removing a file makes a new entry."""
+    digest = hashlib.sha1()
+    for p in paths:
+        st = os.stat(p)
+        digest.update(f"{os.path.relpath(p, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return cache_path(kind, f"{version}\n{Path(root).resolve()}\n{digest.hexdigest()}")
+
+
 def load(path: Path) -> dict | None:
     """The arrays of a cache entry, or None when it is missing or unreadable."""
     if not path.is_file():

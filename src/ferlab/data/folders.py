@@ -14,7 +14,6 @@ Decoded arrays are cached, keyed by the root's absolute path and a hash of the d
 names, sizes and mtimes, so the second load skips decoding.
 """
 
-import hashlib
 import os
 import re
 import sys
@@ -131,11 +130,7 @@ def load_image_folders(root, classes: str = "fer2013", cache_enabled: bool = Tru
 
 def _decode_cached(root: Path, files: list[os.DirEntry], cache_enabled: bool, workers: int | None) -> tuple[np.ndarray, bool]:
     """(images, came from cache): decode the files in a thread pool, or read this file set's cache entry."""
-    digest = hashlib.sha1()
-    for f in files:
-        st = f.stat()
-        digest.update(f"{os.path.relpath(f.path, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    entry = cache.cache_path("folders", f"{_LOADER_VERSION}\n{root.resolve()}\n{digest.hexdigest()}")
+    entry = cache.file_set_path("folders", _LOADER_VERSION, root, [f.path for f in files])
     arrays = cache.load(entry) if cache_enabled else None
     if arrays is not None and arrays["images"].shape == (len(files), 48, 48):
         return arrays["images"], True

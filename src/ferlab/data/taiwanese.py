@@ -14,7 +14,6 @@ observer category).
 """
 
 import csv
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -100,11 +99,7 @@ def load_taiwanese(root, labels: str = "performed", cache_enabled: bool = True) 
 
 
 def _crops_cached(root: Path, paths: list[str], cache_enabled: bool) -> tuple[np.ndarray, np.ndarray]:
-    digest = hashlib.sha1()
-    for p in paths:
-        st = os.stat(p)
-        digest.update(f"{os.path.relpath(p, root)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-    entry = cache.cache_path("taiwanese", f"{_LOADER_VERSION}\n{root.resolve()}\n{digest.hexdigest()}")
+    entry = cache.file_set_path("taiwanese", _LOADER_VERSION, root, paths)
     arrays = cache.load(entry) if cache_enabled else None
     if arrays is not None and arrays["images"].shape == (len(paths), 48, 48):
         return arrays["images"], arrays["found"]
