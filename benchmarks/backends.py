@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ferlab.export import astronaut_faces, export_model  # noqa: E402
-from ferlab.recognizer import Recognizer  # noqa: E402
+from ferlab.posttrain.export import astronaut_faces, export_model  # noqa: E402
+from ferlab.inference.recognizer import Recognizer  # noqa: E402
 from ferlab.device import native_bf16  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
 from ferlab.spec import to_model_input  # noqa: E402

@@ -15,7 +15,7 @@ and the minimum are printed, one JSON line per configuration, then a Markdown ta
   `ferlab predict` took before the lean install: the cost the others avoid;
 - `python -c pass`: the interpreter alone.
 
-The image defaults to scikit-image's astronaut (one face) written as a JPEG. Target (issue 28):
+The image defaults to scikit-image's astronaut (one face) written as a JPEG. Target:
 <= 1.0 s on 2 cores. Times drift with machine load: the load average is printed with the numbers.
 """
 

@@ -2,10 +2,11 @@
 
     python benchmarks/cross_dataset.py --fer2013 DATA/fer2013/fer2013.csv.gz --ferplus DATA/fer2013/fer2013new.csv \
         --ckplus DATA/ckplus48/CK+48 --muxspace DATA/muxspace48 --tpe DATA/taiwanese_tpe \
-        default ~/ferlab-runs/run1 [...] [--tta flip] [--adapt] \
+        default ~/ferlab-runs/run1 v1,v2 [...] [--tta flip] [--adapt] \
         [--train "--recipe fernet_m --init default --epochs 2 ..." --runs ~/ferlab-runs/lodo-NAME]
 
-Every MODEL (bundled name, run directory or weights file) is scored on five sets of faces:
+Every MODEL (bundled name, run directory or weights file; A,B an ensemble: the mean of their
+probabilities) is scored on five sets of faces:
 - fer2013: FER2013 PrivateTest with its own labels (the standard benchmark);
 - ferplus: the same faces with FER+ plurality labels (7 classes; contempt/unknown/not-a-face/tied rows dropped);
 - CK+48: posed expressions of 123 subjects (927 faces in 6 shared classes; CK+ has no neutral);
@@ -21,7 +22,7 @@ sources given besides FER2013, on FER2013 + the others with that one held out, e
 ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores them next to the MODELs.
 
 --adapt also scores every model adapted to the faces it is scored on, without their labels
-(`Recognizer.adapt_faces`, ferlab/adapt.py), as `ferlab predict DIR --adapt` would.
+(`Recognizer.adapt_faces`, ferlab/inference/adapt.py), as `ferlab predict DIR --adapt` would.
 
 --balance-prior also scores every run directory re-balanced for its training class prior
 (ferlab/posttrain/prior.py: tau chosen on the run's own validation faces, never on a scored face), as
@@ -76,16 +77,29 @@ def source_specs(a) -> list[tuple[str, str]]:
             if path]
 
 
-def adapted_probs(spec: str, images: np.ndarray, tta: str) -> np.ndarray:
-    """A model's probabilities on uint8 faces after adapting it to those same faces (no labels)."""
+def adapted_probs(members: list[str], images: np.ndarray, tta: str) -> np.ndarray:
+    """A model's (or ensemble's) probabilities on uint8 faces after adapting it to those same faces (no labels)."""
     from ferlab import Recognizer
 
     x = to_model_input(images)
-    return Recognizer(spec, detector="none", tta=tta, backend="onnx").adapt_faces(x).probabilities(x)
+    return Recognizer(members, detector="none", tta=tta, backend="onnx").adapt_faces(x).probabilities(x)
 
 
-def trained_sources(spec: str) -> tuple[set, int]:
-    """(names of the data sets a model trained on, its seed): from a run's config.json or a card's config."""
+def trained_sources(members: list[str]) -> tuple[set, int]:
+    """(names of the data sets a model, or any member of an ensemble, trained on; the first member's
+    seed): from a run's config.json or a card's config."""
+    seen, seeds = set(), []
+    for spec in members:
+        names, seed = member_sources(spec)
+        seen |= names
+        seeds.append(seed)
+    if len(set(seeds)) > 1:
+        print(f"warning: members split their mixes with seeds {seeds}; seen sets are scored on the first's test part",
+              file=sys.stderr)
+    return seen, seeds[0]
+
+
+def member_sources(spec: str) -> tuple[set, int]:
     path = Path(spec).expanduser()
     if (path / "config.json").is_file():
         config = json.loads((path / "config.json").read_text())
@@ -159,6 +173,7 @@ def main() -> int:
     sets = evaluation_sets(a)
     held_out, same_rows = [], []
     for spec in models:
+        members = spec.split(",")
         variants = [(spec, None)]   # (its name in the report, prior adjustment, "adapt" or None)
         if a.balance_prior and (Path(spec).expanduser() / "config.json").is_file():
             balance = balance_for_run(Path(spec).expanduser(), load_model(spec)[0])
@@ -166,17 +181,17 @@ def main() -> int:
             print(json.dumps({"model": spec, **balance}), flush=True)
         if a.adapt:
             variants.append((f"{spec} adapted", "adapt"))
-        seen, seed = trained_sources(spec)
+        seen, seed = trained_sources(members)
         for name, (data, test_part) in sets.items():
             # (table, its rows column, which faces)
             parts = [(held_out, *held_out_part(name, data, test_part, seen, seed))]
             if test_part is not None:
                 parts.append((same_rows, "seed-0 test part", test_part))
             scored = np.logical_or.reduce([mask for _, _, mask in parts])
-            model_probs = evaluate_models([spec], data.images[scored], tta=a.tta)[0]
+            model_probs = evaluate_models(members, data.images[scored], tta=a.tta)[0]
             for label, balance in variants:
                 pred = np.zeros(len(data), np.int64)
-                probs = adapted_probs(spec, data.images[scored], a.tta) if balance == "adapt" else \
+                probs = adapted_probs(members, data.images[scored], a.tta) if balance == "adapt" else \
                     rebalance(model_probs, np.array(balance["prior"]), balance["tau"]) if balance else model_probs
                 pred[scored] = probs.argmax(1)
                 for table, rows, mask in parts:

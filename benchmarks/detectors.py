@@ -45,8 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from ferlab.blazeface import BlazeFace  # noqa: E402
-from ferlab.faces import BlazeFaceDetector, Detector, HaarDetector, haar_available  # noqa: E402
+from ferlab.inference.blazeface import BlazeFace  # noqa: E402
+from ferlab.inference.faces import BlazeFaceDetector, Detector, HaarDetector, haar_available  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
 
 PYFEAT_COUNTS = {
@@ -315,7 +315,7 @@ def main():
           f"{len(groups['small'])} frames; no-face: {len(empty)} photos")
 
     if not args.no_classify:
-        from ferlab.predict import Recognizer
+        from ferlab import Recognizer
 
         rec = Recognizer()
         alone = BlazeFaceDetector()

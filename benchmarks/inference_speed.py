@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from ferlab.checkpoint import WEIGHTS_DIR, save_weights  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.models import create_model  # noqa: E402
-from ferlab.recognizer import Recognizer  # noqa: E402
+from ferlab.inference.recognizer import Recognizer  # noqa: E402
 from ferlab.device import native_bf16  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
 
@@ -134,7 +134,7 @@ def main():
                          ms_per_photo=round(sec * 1000, 2), detect_ms=round(det * 1000, 2), runs=runs, **common)
 
         if "video" not in args.skip:
-            from ferlab.video import process_video
+            from ferlab.inference.video import process_video
 
             clip = Path(tmp) / "clip.mp4"
             synthetic_clip(clip, astronaut)

@@ -20,7 +20,7 @@ import torch
 
 from ferlab.models import count_parameters, create_model
 from ferlab.device import autocast_dtype, describe_machine, resolve_device
-from ferlab.inference import batched_logits, model_forward
+from ferlab.inference.torchloop import batched_logits, model_forward
 from ferlab.training.config import TrainConfig
 from ferlab.training.loop import EpochSetup, train_one_epoch
 from ferlab.errors import run_script

@@ -114,7 +114,7 @@ def cat():
 @pytest.fixture(scope="session")
 def recognizer(fernet_weights):
     """Recognizer with random fernet_s weights and the bundled BlazeFace detector (shared: read-only use)."""
-    from ferlab.predict import Recognizer
+    from ferlab import Recognizer
 
     rec = Recognizer(fernet_weights, detector="blazeface")
     yield rec

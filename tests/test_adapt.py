@@ -1,10 +1,10 @@
-"""Recognizer.adapt: BatchNorm statistics re-estimated on a user's faces, without labels (ferlab.adapt)."""
+"""Recognizer.adapt: BatchNorm statistics re-estimated on a user's faces, without labels (ferlab.inference.adapt)."""
 
 import numpy as np
 import pytest
 
 from ferlab import Recognizer
-from ferlab.adapt import MIN_FACES, adapt_onnx, blend_statistics, target_weight
+from ferlab.inference.adapt import MIN_FACES, adapt_onnx, blend_statistics, target_weight
 from ferlab.errors import FerlabError
 
 
@@ -37,7 +37,7 @@ def test_full_adaptation_gives_the_first_layer_the_statistics_of_the_faces():
     import onnx
     from onnx import numpy_helper
 
-    from ferlab.export import to_onnx
+    from ferlab.posttrain.export import to_onnx
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(1, 4, 3, padding=1)
@@ -58,7 +58,7 @@ def test_only_the_first_third_of_the_batchnorm_layers_move():
     import onnx
     from onnx import numpy_helper
 
-    from ferlab.export import to_onnx
+    from ferlab.posttrain.export import to_onnx
 
     torch.manual_seed(0)
     blocks = [torch.nn.Sequential(torch.nn.Conv2d(1 if i == 0 else 3, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU())

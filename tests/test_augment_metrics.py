@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferlab.augment import AUGMENT_PRESETS, AugmentConfig, apply_augment, mix_batch, sample_params
+from ferlab.training.augment import AUGMENT_PRESETS, AugmentConfig, apply_augment, mix_batch, sample_params
 from ferlab.metrics import classification_report, confusion_matrix, report_markdown
 import ferlab.metrics
 

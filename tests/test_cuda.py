@@ -46,8 +46,8 @@ def test_train_then_resume_a_killed_run_on_cuda(ferlab, toy_csv, tmp_path):
 
 
 def test_torch_recognizer_on_cuda_matches_the_onnx_cpu_path(astronaut):
-    from ferlab.faces import create_detector, crop_faces_for
-    from ferlab.predict import Recognizer
+    from ferlab.inference.faces import create_detector, crop_faces_for
+    from ferlab import Recognizer
 
     detector = create_detector("blazeface")
     crops = crop_faces_for(detector, astronaut, detector.detect(astronaut))

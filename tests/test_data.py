@@ -354,7 +354,7 @@ def test_fergit_composition_and_seeded_split(tmp_path):
 
 
 def test_bah2022_recipe_on_a_fer2013_csv_trains_on_its_official_splits(make_toy_csv, tmp_path, capsys, one_thread):
-    """(issue 38) The bah2022 recipe names FERGIT's splits (train/val/test); on a FER2013 CSV, which
+    """The bah2022 recipe names FERGIT's splits (train/val/test); on a FER2013 CSV, which
     has none of them, they are Training/PublicTest/PrivateTest, said in one line."""
     csv = make_toy_csv(70, 21, 21)
     run = tmp_path / "run"
@@ -363,6 +363,21 @@ def test_bah2022_recipe_on_a_fer2013_csv_trains_on_its_official_splits(make_toy_
     err = capsys.readouterr().err
     assert ("--recipe bah2022 names FERGIT's splits; this data has FER2013's, so it trains on Training, "
             "validates on PublicTest and tests on PrivateTest") in err, err
+    assert "test_acc" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_fer2013_recipe_on_a_train_val_test_folder_trains_on_its_train_val_test(tmp_path, capsys, one_thread):
+    """fernet_m names FER2013's splits (Training/PublicTest/PrivateTest); a folder of train/, val/ and
+    test/ has none of them, so it trains on train, validates on val and tests on test, said in one line."""
+    root = tmp_path / "faces"
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        make_tree(root / split, {"happy": n, "sad": n}, prefix=split)
+    run = tmp_path / "run"
+    assert ferlab_main(["train", "--recipe", "fernet_m", "--data", str(root), "--epochs", "1", "--device", "cpu",
+                        "--batch-size", "4", "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert ("--recipe fernet_m names FER2013's splits; this data has train/val/test, so it trains on train, "
+            "validates on val and tests on test") in err, err
     assert "test_acc" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
@@ -477,7 +492,7 @@ def test_csv_with_quoted_fields(tmp_path):
 
 
 def test_symlink_loops_in_an_image_folder_are_skipped_with_a_warning(tmp_path, capsys):
-    """(issue 29, item 11) a looping symlink (an image or a class folder) is not silently dropped."""
+    """A looping symlink (an image or a class folder) is not silently dropped."""
     root = make_tree(tmp_path / "faces", {"happy": 2, "sad": 1})
     (root / "happy" / "loop.png").symlink_to(root / "happy" / "loop.png")
     (root / "angry").symlink_to(root / "angry")
@@ -490,7 +505,7 @@ def test_symlink_loops_in_an_image_folder_are_skipped_with_a_warning(tmp_path, c
 
 @pytest.mark.parametrize("opencv_reads_gif", [True, False])
 def test_animated_gif_in_an_image_folder_loads_its_first_frame(tmp_path, capsys, monkeypatch, opencv_reads_gif):
-    """(issue 37) an animated GIF was skipped without a word; it loads as its first frame, by
+    """An animated GIF was skipped without a word; it loads as its first frame, by
     Pillow when this OpenCV has no GIF decoder."""
     from PIL import Image
 

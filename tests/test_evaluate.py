@@ -1,4 +1,4 @@
-"""`ferlab evaluate`'s test-time augmentation (ferlab.tta) and ensembles, without training."""
+"""`ferlab evaluate`'s test-time augmentation (ferlab.inference.tta) and ensembles, without training."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 
 from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
-from ferlab.batchnorm import recalibrate_batchnorm
+from ferlab.training.batchnorm import recalibrate_batchnorm
 from ferlab.evaluate import evaluate_models, predict_probs
-from ferlab.tta import TTA_MODES, tta_probs, tta_views
+from ferlab.inference.tta import TTA_MODES, tta_probs, tta_views
 from synthetic import synthetic_faces
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,14 +9,14 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import ferlab.export as export  # noqa: E402
-import ferlab.onnxrt as onnxrt  # noqa: E402
+import ferlab.posttrain.export as export  # noqa: E402
+import ferlab.inference.onnxrt as onnxrt  # noqa: E402
 from ferlab.checkpoint import load_model  # noqa: E402
 from ferlab.errors import FerlabError  # noqa: E402
-from ferlab.inference import batched_probs  # noqa: E402
+from ferlab.inference.torchloop import batched_probs  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.models import create_model, list_models  # noqa: E402
-from ferlab.predict import Recognizer  # noqa: E402
+from ferlab import Recognizer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,7 +162,7 @@ def test_onnx_backend_on_a_photo(recognizer, fernet_weights, astronaut):
 
 
 def test_backend_choice(fernet_weights, monkeypatch):
-    monkeypatch.setattr("ferlab.torchbackend.native_bf16", lambda device: True)   # bf16 as on an AMX CPU
+    monkeypatch.setattr("ferlab.inference.torchbackend.native_bf16", lambda device: True)   # bf16 as on an AMX CPU
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "onnx"
     assert Recognizer(fernet_weights, detector="none", backend="auto", precision="bf16").backend == "torch"
     assert Recognizer(fernet_weights, detector="none").backend == "onnx"  # auto is the default
@@ -176,7 +176,7 @@ def test_backend_choice(fernet_weights, monkeypatch):
 def test_auto_falls_back_to_torch_when_export_fails(fernet_weights, monkeypatch):
     def broken(*args, **kwargs):
         raise FerlabError("ONNX export failed (opset 17): unsupported operator")
-    monkeypatch.setattr("ferlab.torchbackend.to_onnx", broken)
+    monkeypatch.setattr("ferlab.inference.torchbackend.to_onnx", broken)
     assert Recognizer(fernet_weights, detector="none", backend="auto").backend == "torch"
     with pytest.raises(FerlabError, match="export failed"):
         Recognizer(fernet_weights, detector="none", backend="onnx")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ferlab.errors import FerlabError
-from ferlab.faces import (BlazeFaceDetector, Face, FullImageDetector, HaarDetector, create_detector, crop_faces,
+from ferlab.inference.faces import (BlazeFaceDetector, Face, FullImageDetector, HaarDetector, create_detector, crop_faces,
                           crop_faces_for, downscale, haar_available)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,7 +100,7 @@ def test_bundled_weights_match_their_notice():
     """The files in weights/detectors/ are the ones NOTICE.txt names, byte for byte."""
     import hashlib
 
-    from ferlab.blazeface import WEIGHTS
+    from ferlab.inference.blazeface import WEIGHTS
 
     notice = (WEIGHTS / "NOTICE.txt").read_text()
     for name in ("face_detection_full_range.onnx", "face_detection_short_range.onnx"):
@@ -112,7 +112,7 @@ def test_bundled_weights_match_their_notice():
 def test_opencv_runs_the_same_detector(astronaut):
     """Without onnxruntime the bundled ONNX files run in OpenCV's DNN module, with the same boxes."""
     pytest.importorskip("onnxruntime")
-    from ferlab.blazeface import BlazeFace
+    from ferlab.inference.blazeface import BlazeFace
 
     a, b = BlazeFace("full", runtime="onnxruntime"), BlazeFace("full", runtime="opencv")
     (ba, sa, ka), (bb, sb, kb) = a.detect(astronaut), b.detect(astronaut)

@@ -23,8 +23,8 @@ import torch
 
 from ferlab import Recognizer
 from ferlab.bundled import WEIGHTS_DIR
-from ferlab.inference import batched_probs
-from ferlab.npinference import batched_probs as np_batched_probs
+from ferlab.inference.torchloop import batched_probs
+from ferlab.inference.numpyloop import batched_probs as np_batched_probs
 
 # Prepended to a `python -c` script: importing torch fails as if it were not installed, and each
 # attempt is recorded in sys.torch_attempts.
@@ -60,7 +60,7 @@ RECOGNISE = textwrap.dedent("""
     adapted = rec.adapt_faces(crops).predict_faces(crops)[0]["probs"]   # BatchNorm statistics, on onnxruntime
     assert rec.adaptation["faces"] == 16 and adapted != before, (before, adapted)
     rec.reset()
-    import ferlab.serving.cli, ferlab.video, ferlab.demo, ferlab.predict  # noqa: E401
+    import ferlab.serving.cli, ferlab.inference.video, ferlab.inference.demo, ferlab.inference.predict  # noqa: E401
     attempts = getattr(sys, "torch_attempts", [])
     print(json.dumps({"cli": [f["label"] for f in cli_faces], "api": [f["label"] for f in faces],
                       "confidence": faces[0]["confidence"], "backend": rec.backend,
@@ -157,7 +157,7 @@ def test_bundled_default_runs_its_fp32_onnx_twin(astronaut):
 
 @pytest.mark.parametrize("tta", ["none", "flip", "tencrop"])
 def test_numpy_loop_is_the_torch_loop(tta):
-    """ferlab.npinference (ONNX members) computes what ferlab.inference computes (evaluate, torch)."""
+    """ferlab.inference.numpyloop (ONNX members) computes what ferlab.inference.torchloop computes (evaluate, torch)."""
     w = np.random.default_rng(1).normal(size=(48 * 48, 5)).astype(np.float32)
     faces = np.random.default_rng(2).integers(0, 256, (9, 48, 48), dtype=np.uint8)
 

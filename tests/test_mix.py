@@ -1,4 +1,4 @@
-"""Training on several data sets at once (issue 27): the mix loader's label mapping and per-source
+"""Training on several data sets at once: the mix loader's label mapping and per-source
 splits, subject-disjoint splits, FER+ targets in a mix, source weights, logit adjustment, per-source
 metrics, and the photometric augmentations. Tiny synthetic data only."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ferlab.augment import (AUGMENT_PRESETS, apply_augment, gaussian_blur, get_augment, jpeg_compress,
+from ferlab.training.augment import (AUGMENT_PRESETS, apply_augment, gaussian_blur, get_augment, jpeg_compress,
                             sample_params)
 from ferlab.checkpoint import load_state
 from ferlab.cli import main as ferlab_main

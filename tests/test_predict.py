@@ -14,8 +14,8 @@ from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, FERPLUS8_CLASSES
 from ferlab.evaluate import predict_probs
-from ferlab.images import faces_to_input, load_image
-from ferlab.predict import Recognizer
+from ferlab.inference.images import faces_to_input, load_image
+from ferlab import Recognizer
 from synthetic import synthetic_faces
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -135,7 +135,7 @@ def test_flip_tta_averages_the_mirror(fernet_weights):
 
 @pytest.mark.parametrize("backend", ["torch", "onnx"])
 def test_tencrop_tta_is_the_one_evaluate_uses(fernet_weights, backend):
-    """Recognizer and `ferlab evaluate` share ferlab.tta: same faces, same fp32 probabilities."""
+    """Recognizer and `ferlab evaluate` share ferlab.inference.tta: same faces, same fp32 probabilities."""
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
     faces, _ = synthetic_faces(6, seed=3)  # a bright square off-centre: crops and mirrors see different faces
@@ -192,11 +192,11 @@ def test_bf16_and_channels_last_options(fernet_weights, monkeypatch):
     cl = Recognizer(fernet_weights, detector="none", channels_last=True).probabilities(x)
     np.testing.assert_allclose(cl, ref, atol=1e-5)
     # bf16 where the CPU has it natively (forced here: on other CPUs torch emulates it, slowly but right)
-    monkeypatch.setattr("ferlab.torchbackend.native_bf16", lambda device: True)
+    monkeypatch.setattr("ferlab.inference.torchbackend.native_bf16", lambda device: True)
     bf16 = Recognizer(fernet_weights, detector="none", precision="bf16").probabilities(x)
     np.testing.assert_allclose(bf16, ref, atol=0.03)
     # and refused where it would be emulated, several times slower than fp32
-    monkeypatch.setattr("ferlab.torchbackend.native_bf16", lambda device: False)
+    monkeypatch.setattr("ferlab.inference.torchbackend.native_bf16", lambda device: False)
     with pytest.raises(FerlabError, match="native bf16"):
         Recognizer(fernet_weights, detector="none", precision="bf16")
 
@@ -358,8 +358,8 @@ def test_demo(cli, capsys, fernet_weights, tmp_path, monkeypatch):
     assert (tmp_path / "demo" / "astronaut.png").is_file() and (tmp_path / "demo" / "astronaut_annotated.png").is_file()
     payload = json.loads(out[: out.rindex("}") + 1])
     assert len(payload["faces"]) == 1 and "annotated image:" in out
-    import ferlab.demo
-    monkeypatch.setattr(ferlab.demo, "WEIGHTS_DIR", tmp_path / "no-weights")
+    import ferlab.inference.demo
+    monkeypatch.setattr(ferlab.inference.demo, "WEIGHTS_DIR", tmp_path / "no-weights")
     code, out, err = cli("demo", "--out", tmp_path / "demo2")
     assert code == 2 and "bundled default model is missing" in err and len(err.strip().splitlines()) == 1
 
@@ -398,10 +398,10 @@ def test_float16_weights_load_into_a_float32_model(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps", "meta"])
 def test_unavailable_device_fails_in_one_line(cli, fernet_weights, tmp_path, monkeypatch, device):
-    """(issue 29, defect 9) predict, video, serve and Recognizer on a device this torch cannot use."""
+    """Predict, video, serve and Recognizer on a device this torch cannot use."""
     uvicorn = pytest.importorskip("uvicorn")
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("serve started on an unavailable device"))
-    from ferlab.predict import Recognizer
+    from ferlab import Recognizer
     with pytest.raises(FerlabError, match=f"--device {device}"):
         Recognizer(fernet_weights, detector="blazeface", device=device)
     photo, clip = tmp_path / "photo.png", tmp_path / "clip.avi"
@@ -415,7 +415,7 @@ def test_unavailable_device_fails_in_one_line(cli, fernet_weights, tmp_path, mon
 
 
 def test_animated_gif_is_read_by_its_first_frame(cli, capsys, fernet_weights, astronaut, tmp_path):
-    """(issue 37) a multi-frame GIF given to predict is recognised on its first frame."""
+    """A multi-frame GIF given to predict is recognised on its first frame."""
     gif = tmp_path / "moving.gif"
     frames = [Image.fromarray(astronaut), Image.fromarray(np.zeros_like(astronaut))]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -431,7 +431,7 @@ def test_animated_gif_is_read_by_its_first_frame(cli, capsys, fernet_weights, as
                                                      r" holds 8 "),
 ])
 def test_model_card_beside_the_weights_is_checked(cli, capsys, ferplus8_weights, astronaut, tmp_path, card, problem):
-    """(issue 37) a card NAME.json beside NAME.safetensors that is not JSON was a traceback; one whose classes
+    """A card NAME.json beside NAME.safetensors that is not JSON was a traceback; one whose classes
     disagree with the weights' (7 named, 8 outputs) was silently ignored. Both: one line naming the files."""
     import re
     import shutil
@@ -448,7 +448,7 @@ def test_model_card_beside_the_weights_is_checked(cli, capsys, ferplus8_weights,
 
 
 def test_outputs_never_overwrite_the_inputs(cli, capsys, fernet_weights, astronaut, tmp_path):
-    """(issue 37) --annotate onto the photos' own folder, and -o naming a photo, overwrote the user's photos:
+    """--annotate onto the photos' own folder, and -o naming a photo, overwrote the user's photos:
     now one line, exit 2, and every photo is left as it was."""
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -469,7 +469,7 @@ def test_outputs_never_overwrite_the_inputs(cli, capsys, fernet_weights, astrona
 
 
 def test_inputs_with_the_same_name_get_distinct_annotations(cli, capsys, fernet_weights, astronaut, tmp_path):
-    """(issue 37) a/x.jpg b/x.jpg --annotate out/: one annotation was silently lost."""
+    """A/x.jpg b/x.jpg --annotate out/: one annotation was silently lost."""
     for folder, image in (("a", astronaut), ("b", astronaut[:, ::-1])):
         (tmp_path / folder).mkdir()
         Image.fromarray(image).save(tmp_path / folder / "x.jpg")
@@ -489,7 +489,7 @@ def test_the_face_framing_is_read_from_the_model_card(fernet_weights, astronaut,
     config), spec's defaults for a card without it; an ensemble must agree on it; a card naming an
     input ferlab does not make is one line."""
     from ferlab.checkpoint import save_weights
-    from ferlab.faces import create_detector, crop_faces
+    from ferlab.inference.faces import create_detector, crop_faces
     from ferlab.spec import CROP_SCALE, CROP_SHIFT
 
     model, meta = load_model(str(fernet_weights))

@@ -260,7 +260,7 @@ def test_bah2022_claims():
 
 
 def test_more_epochs_claims_need_a_difference_beyond_the_noise():
-    """(issue 29, friction) equal numbers are not a "yes": yes/no only past the stated noise."""
+    """Equal numbers are not a "yes": yes/no only past the stated noise."""
     from ferlab.reproduce import li2023
 
     def row(acc, test):

@@ -250,7 +250,7 @@ def test_a_file_and_its_bytes_uploaded_decode_alike(client, photos, astronaut, t
     """ferlab predict (a file) and ferlab serve (its bytes) take one decoding path, images.load_image:
     the same pixels and scale, and for the same bad image the same error (the file's names it)."""
     from ferlab.errors import FerlabError
-    from ferlab.images import load_image
+    from ferlab.inference.images import load_image
     from ferlab.serving.app import decode
 
     sideways = Image.fromarray(np.ascontiguousarray(np.rot90(astronaut)))
@@ -491,7 +491,7 @@ def test_ferlab_serve_logs_an_aborted_upload_in_one_line(fernet_weights, photos,
 
 
 def test_repeated_errors_are_logged_once_per_interval():
-    """(issue 37) the same warning or error passes once per interval, then says how many were held back."""
+    """The same warning or error passes once per interval, then says how many were held back."""
     import logging
     import time
 
@@ -519,7 +519,7 @@ def test_repeated_errors_are_logged_once_per_interval():
 
 
 def test_idle_connections_neither_stall_the_server_nor_flood_the_log(fernet_weights, tmp_path):
-    """(issue 37) slowloris: half-open connections past the open-file limit made /healthz stop answering
+    """Slowloris: half-open connections past the open-file limit made /healthz stop answering
     and the log fill with "Too many open files" tracebacks. `ferlab serve` with 128 open files (so at
     most 32 connections) and a 2 s read timeout, against 100 idle connections from this process on
     127.0.0.1: /healthz answers (or sheds with a JSON 503) at once, the idle connections are closed

@@ -22,7 +22,7 @@ from ferlab.atomic import atomic_write_text
 from ferlab.checkpoint import load_model, load_state, load_weights, save_weights
 from ferlab.errors import FerlabError
 from ferlab.evaluate import batchnorm_check, predict_probs
-from ferlab.recipes import get_recipe
+from ferlab.training.recipes import get_recipe
 from ferlab.cli import build_parser
 from ferlab.data import load_run_data, load_with_splits
 from ferlab.device import describe_machine
@@ -161,7 +161,7 @@ def test_distillation_learns_from_the_teacher_not_the_labels(toy_csv, tmp_path):
 
     # the teacher's ONNX export teaches as well (`--teacher default-int8` runs the teacher in onnxruntime)
     pytest.importorskip("onnxruntime")
-    from ferlab.export import export_model
+    from ferlab.posttrain.export import export_model
 
     export_model(str(tmp_path / "teacher"), tmp_path / "teacher.onnx", log=lambda *a: None)
     via_onnx = fit(tiny_config(noisy, epochs=6, teacher=str(tmp_path / "teacher.onnx"), distill_weight=1.0,
@@ -545,7 +545,7 @@ def test_data_parallel_training_matches_one_process(ferlab, toy_csv, tmp_path):
 
 
 def test_run_killed_before_its_first_checkpoint_resumes_afresh(cli, toy_csv, tmp_path):
-    """(issue 29, defect 1) config.json is written before the first last.pt: a run killed in its
+    """Config.json is written before the first last.pt: a run killed in its
     first epoch holds only config.json, and --resume starts it afresh, saying so."""
     run = tmp_path / "run"
     run.mkdir()
@@ -574,7 +574,7 @@ def copy_run(run: Path, to: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["empty", "tensor", "no_history", "string_epoch", "truncated"])
 def test_damaged_last_pt_fails_in_one_line(cli, finished_run, tmp_path, damage):
-    """(issue 29, defect 4) a damaged last.pt: one line naming the file, no torch hint, no traceback."""
+    """A damaged last.pt: one line naming the file, no torch hint, no traceback."""
     run = copy_run(finished_run, tmp_path / "run")
     state = load_state(run / "last.pt")
     if damage == "empty":
@@ -596,7 +596,7 @@ def test_damaged_last_pt_fails_in_one_line(cli, finished_run, tmp_path, damage):
 @pytest.mark.parametrize("meta", ["[1, 2]", '{"model": "fernet_s", "model_kwargs": {"num_classes": -1}}',
                                   '{"model": "fernet_s", "model_kwargs": [1]}', '"text"'])
 def test_damaged_weights_metadata_fails_in_one_line(cli, finished_run, tmp_path, meta):
-    """(issue 29, defect 4) a .safetensors whose ferlab metadata is not a usable dict."""
+    """A .safetensors whose ferlab metadata is not a usable dict."""
     from safetensors.torch import load_file, save_file
     path = tmp_path / "bad.safetensors"
     save_file(load_file(str(finished_run / "best.safetensors")), str(path), metadata={"ferlab": meta})
@@ -607,7 +607,7 @@ def test_damaged_weights_metadata_fails_in_one_line(cli, finished_run, tmp_path,
 
 
 def test_unwritable_out_fails_before_any_work(cli, finished_run, toy_csv, tmp_path, monkeypatch):
-    """(issue 29, defect 5) train and evaluate check --out first: one line, before training/evaluating.
+    """Train and evaluate check --out first: one line, before training/evaluating.
     (The tests run as root, whom permissions do not stop: a path under a regular file stands in.)"""
     import ferlab.evaluate
     import ferlab.training.cli
@@ -626,7 +626,7 @@ def test_unwritable_out_fails_before_any_work(cli, finished_run, toy_csv, tmp_pa
 
 @pytest.mark.parametrize("damage", ["missing", "stale"])
 def test_resume_of_a_finished_run_redraws_its_curves(cli, finished_run, tmp_path, damage):
-    """(issue 29, defect 6) a kill between metrics.csv and curves.png: resume redraws the plot."""
+    """A kill between metrics.csv and curves.png: resume redraws the plot."""
     run = copy_run(finished_run, tmp_path / "run")
     curves, metrics = run / "curves.png", run / "metrics.csv"
     if damage == "missing":
@@ -641,7 +641,7 @@ def test_resume_of_a_finished_run_redraws_its_curves(cli, finished_run, tmp_path
 
 
 def test_leftovers_of_a_killed_run_are_cleaned_on_resume(cli, finished_run, tmp_path):
-    """(issue 29, defect 8, run half) a kill mid-write leaves atomic_write's temporary files: the next
+    """A kill mid-write leaves atomic_write's temporary files: the next
     start or resume removes them, and only them."""
     run = copy_run(finished_run, tmp_path / "run")
     leftovers = [run / ".last.pt.k2j4x9.tmp", run / ".best.safetensors.a1b2c3.tmp", run / ".curves.png.zz9.tmp"]
@@ -654,7 +654,7 @@ def test_leftovers_of_a_killed_run_are_cleaned_on_resume(cli, finished_run, tmp_
 
 
 def test_data_paths_are_stored_absolute(cli, toy_csv, tmp_path, monkeypatch):
-    """(issue 29, defect 10) config.json holds absolute data paths (the path part of ckplus:/fergit:
+    """Config.json holds absolute data paths (the path part of ckplus:/fergit:
     specs, each of a mix), so `ferlab evaluate RUN` works from another folder; an old config.json
     with relative paths still resumes from where it was made."""
     work = tmp_path / "work"
@@ -686,7 +686,7 @@ def test_data_paths_are_stored_absolute(cli, toy_csv, tmp_path, monkeypatch):
 
 
 def test_extending_a_finished_run_replans_the_schedule(cli, toy_csv, tmp_path):
-    """(issue 29, friction) `--resume --epochs N` past a run's end trains on, the schedule re-planned
+    """`--resume --epochs N` past a run's end trains on, the schedule re-planned
     over N epochs, and says so; fewer epochs, or other settings, are still refused."""
     run = tmp_path / "run"
     code, out, err = cli("train", *TINY, "--data", toy_csv, "--epochs", 2, "--batch-size", 64, "--schedule", "onecycle",

@@ -59,7 +59,7 @@ def test_a_study_runs_and_writes_best_json(toy_csv, tmp_path, one_thread, capsys
         assert (run / "metrics.csv").is_file() and (run / "best.safetensors").is_file()
     out = capsys.readouterr().out
     assert "| rank | trial | val acc |" in out and "best: trial" in out
-    assert re.search(r"estimate: 3 trials x 1 epochs x [\d.]+ s/epoch .* = \d+ min", out), out   # (issue 29, friction)
+    assert re.search(r"estimate: 3 trials x 1 epochs x [\d.]+ s/epoch .* = \d+ min", out), out
 
     # the study remembers its settings: resuming with others is refused in one line
     assert main(tune_args(toy_csv, tmp_path, 4, "--lr", "0.01")) == 2
@@ -129,7 +129,7 @@ def test_two_workers_share_one_study(toy_csv, tmp_path, one_thread, capsys):
 
 
 def test_epoch_callback_can_stop_a_run(toy_csv, tmp_path, one_thread):
-    from ferlab.tune import read_history
+    from ferlab.training.tune import read_history
     from ferlab.training.config import TrainConfig
     from ferlab.training.run import fit
 
@@ -155,7 +155,7 @@ def test_train_fraction_shrinks_every_trial(toy_csv, tmp_path, one_thread, capsy
 
 @pytest.mark.parametrize("where", ["read-only folder", "a file in the way"])
 def test_unwritable_storage_folder_fails_in_one_line(toy_csv, tmp_path, capsys, where):
-    """(issue 37) --storage sqlite:///DIR/tune.db with DIR read-only was a traceback."""
+    """--storage sqlite:///DIR/tune.db with DIR read-only was a traceback."""
     folder = tmp_path / "db"
     if where == "read-only folder":
         if hasattr(os, "geteuid") and os.geteuid() == 0:

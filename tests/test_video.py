@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-import ferlab.video as video
+import ferlab.inference.video as video
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES
 
@@ -180,7 +180,7 @@ def test_webcam_without_a_camera(cli, capsys, monkeypatch, fernet_weights):
 
 
 def test_video_of_a_still_photo_fails_and_keeps_the_outputs(cli, capsys, astronaut, fernet_weights, tmp_path):
-    """(issue 29, defect 7) OpenCV opens a JPEG as a 'video' it then reads no frame from: one-line
+    """OpenCV opens a JPEG as a 'video' it then reads no frame from: one-line
     error, exit 2, and the files --out / --csv name are left as they were."""
     photo, keep_mp4, keep_csv = tmp_path / "photo.jpg", tmp_path / "keep.mp4", tmp_path / "keep.csv"
     cv2.imwrite(str(photo), cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR))
@@ -193,7 +193,7 @@ def test_video_of_a_still_photo_fails_and_keeps_the_outputs(cli, capsys, astrona
 
 
 def test_truncated_video_says_how_many_frames_it_read(cli, capsys, fernet_weights, tmp_path):
-    """(issue 29, defect 7) a video cut short: the frames read are processed and the count is said."""
+    """A video cut short: the frames read are processed and the count is said."""
     whole, cut = tmp_path / "whole.avi", tmp_path / "cut.avi"
     writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
     rng = np.random.default_rng(0)
@@ -211,7 +211,7 @@ def test_truncated_video_says_how_many_frames_it_read(cli, capsys, fernet_weight
 
 
 def test_one_frame_video_is_a_video(cli, capsys, astronaut, fernet_weights, tmp_path):
-    """(issue 37) a valid video of one frame is processed, not refused as 'no frames could be read'."""
+    """A valid video of one frame is processed, not refused as 'no frames could be read'."""
     clip, timeline = tmp_path / "one.avi", tmp_path / "t.csv"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
     assert writer.isOpened()
@@ -227,7 +227,7 @@ def test_one_frame_video_is_a_video(cli, capsys, astronaut, fernet_weights, tmp_
 
 
 def test_video_outputs_never_overwrite_the_input_or_each_other(cli, capsys, clip, fernet_weights, tmp_path):
-    """(issue 37) --out/--csv/--summary naming the input video overwrote it; two outputs naming one file lost one."""
+    """--out/--csv/--summary naming the input video overwrote it; two outputs naming one file lost one."""
     import shutil
 
     video_in = tmp_path / "clip.mp4"

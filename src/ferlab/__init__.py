@@ -15,6 +15,6 @@ __all__ = ["FerlabError", "FER2013_CLASSES", "Recognizer", "__version__"]
 def __getattr__(name: str):
     # Loaded on first use: `import ferlab` and commands that never recognise stay free of torch.
     if name == "Recognizer":
-        from ferlab.recognizer import Recognizer
+        from ferlab.inference.recognizer import Recognizer
         return Recognizer
     raise AttributeError(f"module 'ferlab' has no attribute {name!r}")

@@ -7,7 +7,7 @@ goes to a temporary file in the same directory and is renamed into place, so a k
 leaves either the old file or the new one, never half of one.
 
 `load_model` also takes the .onnx files `ferlab export` writes (fp32 or int8), run by onnxruntime
-(ferlab.onnxrt.OnnxModel): a bundled `default-int8` is the default model's int8 export.
+(ferlab.inference.onnxrt.OnnxModel): a bundled `default-int8` is the default model's int8 export.
 """
 
 import json
@@ -22,7 +22,7 @@ from ferlab.bundled import WEIGHTS_DIR, check_card_classes, read_card, resolve_w
 from ferlab.errors import FerlabError
 from ferlab.labels import check_same_classes  # noqa: F401  (re-exported)
 from ferlab.models import create_model
-from ferlab.onnxrt import load_onnx
+from ferlab.inference.onnxrt import load_onnx
 
 
 def save_weights(path, model: torch.nn.Module, meta: dict, float_dtype: torch.dtype | None = None) -> None:

@@ -20,19 +20,19 @@ TRAIN_ONLY = ("torch", "safetensors", "onnx", "matplotlib", "optuna")  # what th
 
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
-    "demo": ("ferlab.demo", "run ferlab on a bundled example and print the result"),
+    "demo": ("ferlab.inference.demo", "run ferlab on a bundled example and print the result"),
     "data": ("ferlab.data.cli", "inspect data sets (ferlab data summary PATH)"),
     "models": ("ferlab.models.cli", "list the model zoo with parameter counts"),
-    "recipes": ("ferlab.recipes", "list the papers' training recipes"),
+    "recipes": ("ferlab.training.recipes", "list the papers' training recipes"),
     "train": ("ferlab.training.cli", "train a model"),
     "evaluate": ("ferlab.evaluate", "evaluate a model and write the report"),
-    "predict": ("ferlab.predict", "recognise expressions in images and folders"),
-    "video": ("ferlab.video", "recognise expressions in a video file"),
-    "webcam": ("ferlab.video", "recognise expressions live from a webcam"),
+    "predict": ("ferlab.inference.predict", "recognise expressions in images and folders"),
+    "video": ("ferlab.inference.video", "recognise expressions in a video file"),
+    "webcam": ("ferlab.inference.video", "recognise expressions live from a webcam"),
     "bundle": ("ferlab.posttrain.bundle", "ship a finished run as a bundled model: weights, model card, ONNX"),
-    "export": ("ferlab.export", "export a model to ONNX"),
+    "export": ("ferlab.posttrain.export", "export a model to ONNX"),
     "serve": ("ferlab.serving.cli", "run the HTTP service"),
-    "tune": ("ferlab.tune", "sarmah2023's random search over its CNN families (Optuna)"),
+    "tune": ("ferlab.training.tune", "sarmah2023's random search over its CNN families (Optuna)"),
     "reproduce": ("ferlab.reproduce.cli", "rerun a paper's experiments and write the report"),
 }
 

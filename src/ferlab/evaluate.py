@@ -7,14 +7,14 @@ MODEL is a run directory, a weights file, an .onnx file from `ferlab export` or 
 form an ensemble that averages their probabilities (they must share their classes). `--tta flip`
 averages each face with its mirror image; `--tta tencrop` averages ten 44x44 crops (corners,
 centre, and their mirrors) resized back to 48x48. TTA and ensembling are those of
-`ferlab.Recognizer` (both run `ferlab.inference.batched_probs`): `Recognizer([MODEL, ...], tta=...)` gives the
+`ferlab.Recognizer` (both run `ferlab.inference.torchloop.batched_probs`): `Recognizer([MODEL, ...], tta=...)` gives the
 same faces the same fp32 probabilities as the ones measured here.
 
 Without --data, a run directory is scored on the data it was trained with, split as in training
 (its seed and --folds/--fold), and by default on its test split (PrivateTest for FER2013).
 
 `--recalibrate-bn SPLITS` first recomputes every BatchNorm layer's statistics on those splits, in
-the state the model is scored in (see `ferlab.batchnorm`): a diagnosis for short runs of the
+the state the model is scored in (see `ferlab.training.batchnorm`): a diagnosis for short runs of the
 papers' Keras-style models, whose stored statistics can make them predict a single class.
 """
 
@@ -27,17 +27,17 @@ import numpy as np
 import torch
 
 from ferlab.atomic import atomic_write_text, check_writable
-from ferlab.batchnorm import batchnorm_layers, recalibrate_batchnorm
+from ferlab.training.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from ferlab.checkpoint import check_same_classes, load_model, load_state, resolve_weights
 from ferlab.data import data_names, default_splits, load_run_data, load_with_splits
 from ferlab.device import resolve_device
 from ferlab.errors import FerlabError
-from ferlab.inference import batched_probs, model_forward
+from ferlab.inference.torchloop import batched_probs, model_forward
 from ferlab.metrics import classification_report, plot_confusion, report_markdown
 from ferlab.models import create_model
-from ferlab.npinference import ensemble_mean
+from ferlab.inference.numpyloop import ensemble_mean
 from ferlab.spec import card_input
-from ferlab.tta import TTA_MODES
+from ferlab.inference.tta import TTA_MODES
 
 
 def predict_probs(model, images_u8: np.ndarray, *, tta: str = "none", batch_size: int = 256,
@@ -97,10 +97,10 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="data set (as for ferlab train; default: the first MODEL's, when it is a run directory)")
     p.add_argument("--ferplus", help="FER+ votes file: evaluate against FER+ majority labels")
     p.add_argument("--split", help="split(s) to evaluate, comma-separated (default: the test split, PrivateTest for FER2013)")
-    p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.tta)")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation (see ferlab.inference.tta)")
     p.add_argument("--recalibrate-bn", metavar="SPLITS", default="",
                    help="recompute BatchNorm statistics on these splits of --data first, dropout off (a diagnosis for "
-                        "short runs of the papers' models; see ferlab.batchnorm)")
+                        "short runs of the papers' models; see ferlab.training.batchnorm)")
     p.add_argument("--out", type=Path, help="report directory (default: <run dir>/eval-<split>-<tta>, or ./eval-<split>-<tta>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["fp32", "bf16", "auto"], default="fp32",

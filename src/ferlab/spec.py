@@ -1,7 +1,7 @@
 """The classifier's contract, written once: what every ferlab model takes and what it names.
 
 A model sees a 48x48 grayscale face, its uint8 pixels / 255 as float32 (`to_model_input`), cut
-out of a photo as `ferlab.faces.crop_faces` frames it: a square of CROP_SCALE x the face box side,
+out of a photo as `ferlab.inference.faces.crop_faces` frames it: a square of CROP_SCALE x the face box side,
 its centre moved by CROP_SHIFT box heights; it gives one logit per class.
 
 `input_card()` writes these facts machine-readably, as timm keeps input size and crop in each
@@ -66,7 +66,7 @@ def face_crop_text(crop_scale: float = CROP_SCALE, crop_shift: float = CROP_SHIF
     """The framing in words, as export's ONNX metadata states it."""
     return (f"square of {crop_scale} x the face box side around its centre (MediaPipe box, centre "
             f"{-crop_shift:.0%} of the box higher), rotated so the eyes are level, area-resized to "
-            f"{INPUT_SIZE}x{INPUT_SIZE} (ferlab.faces.crop_faces)")
+            f"{INPUT_SIZE}x{INPUT_SIZE} (ferlab.inference.faces.crop_faces)")
 
 
 FACE_CROP = face_crop_text()

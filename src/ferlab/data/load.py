@@ -31,7 +31,6 @@ from ferlab.data.specs import parse_spec
 from ferlab.data.splits import apply_random_split, apply_subject_fold, default_splits, fraction_mask, stratified_split
 from ferlab.errors import FerlabError
 from ferlab.labels import FER2013_CLASSES, LABEL_SPACES
-from ferlab.recipes import recipe_splits
 
 FERGIT_FRACTIONS = (0.9, 0.05, 0.05)
 
@@ -159,6 +158,31 @@ def carve_validation(data: FaceDataset, seed: int) -> FaceDataset:
     return carved
 
 
+# bah2022's recipes name FERGIT's parts, the others FER2013's official ones: the same three roles.
+FERGIT_TO_OFFICIAL = {v: k for k, v in OFFICIAL_ROLES.items()}
+
+
+def recipe_splits(cfg, have: list[str], splits: tuple[str, str, str]) -> tuple[str, str, str]:
+    """(train, val, test) split names for data whose splits are `have`: `splits` as resolved, except
+    that a --recipe's split names of one family become the other's in the same roles when the data
+    has the other family instead (bah2022's train/val/test on a FER2013 CSV: Training/PublicTest/
+    PrivateTest; fernet_m's Training/... on a train/val/test folder: train/val/test); says so in one line."""
+    if not cfg.recipe:
+        return splits
+    for names, theirs, ours in ((FERGIT_TO_OFFICIAL, "FERGIT's", "FER2013's"),
+                                (OFFICIAL_ROLES, "FER2013's", "train/val/test")):
+        if not set(names.values()) <= set(have):
+            continue
+        renamed = tuple(",".join(names[n] if n in names and n not in have else n for n in s.split(",")) if s else s
+                        for s in splits)
+        if renamed != splits:
+            print(f"ferlab: --recipe {cfg.recipe} names {theirs} splits; this data has {ours}, so it trains on "
+                  f"{renamed[0]}, validates on {renamed[1]}" + (f" and tests on {renamed[2]}" if renamed[2] else ""),
+                  file=sys.stderr)
+            return renamed
+    return splits
+
+
 def load_run_data(cfg):
     """(dataset, train, val, test-or-None) FaceDatasets for a training config (ferlab.training.config.TrainConfig:
     data, ferplus, seed, folds, fold, train/val/test_splits, train_fraction)."""
@@ -174,10 +198,11 @@ def load_run_data(cfg):
     test_s = auto[2] if cfg.test_splits == "auto" else cfg.test_splits
     if carved and cfg.test_splits == "auto":
         test_s = ""
-    train_s, val_s, test_s = recipe_splits(cfg, names, (train_s, val_s, test_s))
     if "sources" in data.extra:   # a mix splits every source train/val/test: FER2013's names say which part
         train_s, val_s, test_s = (",".join(dict.fromkeys(OFFICIAL_ROLES.get(n, n) for n in s.split(","))) if s else s
                                   for s in (train_s, val_s, test_s))
+    else:
+        train_s, val_s, test_s = recipe_splits(cfg, names, (train_s, val_s, test_s))
     if not train_s or not val_s:
         raise FerlabError(f"{cfg.data}: cannot tell which splits to train and validate on (have: {', '.join(names)}); "
                           "pass --train-splits and --val-splits")

@@ -49,8 +49,8 @@ def detect_face_crops(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     inference; a photo without a face gets an empty crop and found=False."""
     from tqdm import tqdm
 
-    from ferlab.faces import create_detector, crop_faces_for
-    from ferlab.images import load_image
+    from ferlab.inference.faces import create_detector, crop_faces_for
+    from ferlab.inference.images import load_image
 
     detector = create_detector("auto")
     crops = np.zeros((len(paths), 48, 48), np.uint8)

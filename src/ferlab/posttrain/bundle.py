@@ -46,11 +46,11 @@ from ferlab.data.mix import source_name
 from ferlab.data.specs import parse_spec
 from ferlab.errors import FerlabError
 from ferlab.evaluate import predict_probs
-from ferlab.export import DEFAULT_OPSET, dataset_faces, export_model, quantize_int8, to_onnx
-from ferlab.inference import batched_probs
+from ferlab.posttrain.export import DEFAULT_OPSET, dataset_faces, export_model, quantize_int8, to_onnx
+from ferlab.inference.torchloop import batched_probs
 from ferlab.metrics import classification_report, first_reached, source_summaries
 from ferlab.models import count_parameters
-from ferlab.onnxrt import OnnxModel
+from ferlab.inference.onnxrt import OnnxModel
 from ferlab.posttrain.interpolate import interpolate_run
 from ferlab.posttrain.prior import balance_for_run, fold_into_bias
 from ferlab.spec import card_input, to_model_input

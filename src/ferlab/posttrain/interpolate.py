@@ -5,7 +5,7 @@ Fine-tuning `default` on FER2013 + muxspace48 + CK+48 teaches it the new sources
 1.8 points of FER2013 accuracy. The weights on the straight line between the two models keep most
 of what the fine-tune learned and what the start knew: (1 - alpha) * start + alpha * fine-tuned.
 Blending two models' BatchNorm statistics does not give the statistics of the blended model, so
-they are recomputed on the run's training faces (ferlab.batchnorm).
+they are recomputed on the run's training faces (ferlab.training.batchnorm).
 
 alpha is chosen on validation faces only: among the alphas where no source's validation accuracy
 falls below the starting model's by more than half a standard error of it (smaller differences are
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ferlab.batchnorm import recalibrate_batchnorm
+from ferlab.training.batchnorm import recalibrate_batchnorm
 from ferlab.checkpoint import load_model
 from ferlab.data import load_run_data
 from ferlab.errors import FerlabError

@@ -11,10 +11,10 @@ import numpy as np
 from ferlab.atomic import atomic_write_text
 from ferlab.data import FaceDataset, load_dataset, stratified_split
 from ferlab.errors import FerlabError
-from ferlab.images import draw_faces, write_image
+from ferlab.inference.images import draw_faces, write_image
 from ferlab.labels import CKPLUS_CLASSES, FER2013_CLASSES
 from ferlab.metrics import classification_report, plot_confusion
-from ferlab.recognizer import Recognizer
+from ferlab.inference.recognizer import Recognizer
 from ferlab.reproduce.core import (Claim, Reproduction, best_row, confusion_table, curve, minutes, n_epochs, pct,
                                    per_class_table, plot_panels, recalibrated_note)
 

@@ -20,7 +20,7 @@ from ferlab.errors import FerlabError
 from ferlab.evaluate import batchnorm_check, evaluate_models
 from ferlab.metrics import _savefig, classification_report
 from ferlab.models import count_parameters, create_model
-from ferlab.recipes import get_recipe
+from ferlab.training.recipes import get_recipe
 from ferlab.training.config import TrainConfig
 from ferlab.training.run import fit, open_run
 from ferlab.training.timing import duration, measure_epoch_seconds

@@ -8,7 +8,7 @@ import numpy as np
 from ferlab.models.sarmah2023 import SARMAH2023_SEARCH_SPACE
 from ferlab.reproduce.core import (Claim, Reproduction, best_row, curve, max_test, minutes, n_epochs, pct, plot_panels,
                                    recalibrated_note)
-from ferlab.tune import TuneSettings, run_study
+from ferlab.training.tune import TuneSettings, run_study
 
 TITLE = "Sarmah et al. 2023, \"Emotion Recognition Through Facial Expressions Using CNN\" (random search)"
 BUDGETS = {

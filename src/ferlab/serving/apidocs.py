@@ -5,7 +5,7 @@ from a CDN, which fails offline). Kept apart from the routes so app.py reads as 
 import re
 from html import escape as plain
 
-from ferlab.images import LARGE_PIXELS, REDUCED_SIDE
+from ferlab.inference.images import LARGE_PIXELS, REDUCED_SIDE
 
 
 def limits_text(max_upload_mb: float, max_megapixels: float) -> str:

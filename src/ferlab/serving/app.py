@@ -30,8 +30,8 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from ferlab.images import ImageError, load_image
-from ferlab.recognizer import Recognizer
+from ferlab.inference.images import ImageError, load_image
+from ferlab.inference.recognizer import Recognizer
 from ferlab.serving.apidocs import REQUEST_BODY, api_models, docs_page, limits_text
 
 STATIC_DIR = Path(__file__).parent.parent / "static"

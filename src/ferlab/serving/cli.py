@@ -7,7 +7,7 @@ import socket
 import sys
 
 from ferlab.errors import FerlabError
-from ferlab.recognizer import add_model_arguments, model_specs, recognizer_from_args
+from ferlab.inference.recognizer import add_model_arguments, model_specs, recognizer_from_args
 from ferlab.serving.app import MAX_MEGAPIXELS, create_app
 from ferlab.serving.protocol import READ_TIMEOUT, uvicorn_options
 

@@ -14,7 +14,7 @@ import torch
 from ferlab.atomic import atomic_write_text, check_writable
 from ferlab.checkpoint import load_state
 from ferlab.errors import FerlabError
-from ferlab.recipes import get_recipe
+from ferlab.training.recipes import get_recipe
 from ferlab.training.config import (CHOICES, TrainConfig, absolute_data, absolute_spec, config_from_file, normalized_config,
                                     run_config, saved_config, shown_setting)
 from ferlab.training.distributed import is_main_process

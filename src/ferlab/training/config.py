@@ -10,13 +10,13 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ferlab.augment import AUGMENT_PRESETS
+from ferlab.training.augment import AUGMENT_PRESETS
 from ferlab.data import data_names
 from ferlab.data.specs import map_spec_paths
 from ferlab.data.splits import check_fold
 from ferlab.bundled import read_json_object
 from ferlab.errors import FerlabError
-from ferlab.recipes import get_recipe
+from ferlab.training.recipes import get_recipe
 
 # The allowed values of the config's string options: checked in TrainConfig, listed by --help.
 CHOICES = {"targets": ("hard", "soft"), "select": ("val_acc", "last"), "optimizer": ("adam", "sgd", "nadam", "adamw"),
@@ -67,7 +67,7 @@ class TrainConfig:
     fold: int = option(0, "with --folds: this fold tests, the next one validates, the others train")
     class_weights: str = option("none", "balanced: loss weights inverse to class frequency")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
-    augment: str = option("none", "augmentation preset (ferlab.augment)")
+    augment: str = option("none", "augmentation preset (ferlab.training.augment)")
     mixup: float = option(0.0, "Beta(a, a) alpha of mixup; 0: off")
     cutmix: float = option(0.0, "Beta(a, a) alpha of CutMix; 0: off (both on: one of them per batch)")
     ema: float = option(0.0, "decay of an exponential moving average of weights (evaluated and saved); 0: off")
@@ -79,7 +79,7 @@ class TrainConfig:
     init: str = option("", "fine-tuning: start from a trained model (run dir, weights, bundled name)")
     teacher: str = option("", "knowledge distillation: comma-separated models (run dirs, weights, bundled names, "
                               ".onnx) whose mean probabilities the student also learns")
-    teacher_tta: str = option("none", "the teacher's view of each training batch (ferlab.tta)")
+    teacher_tta: str = option("none", "the teacher's view of each training batch (ferlab.inference.tta)")
     distill_weight: float = option(0.5, "w in loss = (1 - w) * CE(labels) + w * T^2 * KL(teacher || student)")
     distill_temperature: float = option(4.0, "T: both distributions softened by logits / T")
     amp: str = option("auto", "precision; auto: bf16 where the device supports it (recent CPUs, Ampere+ GPUs), else fp32")

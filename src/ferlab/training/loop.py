@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from ferlab.augment import apply_augment, get_augment, mix_batch, sample_params
+from ferlab.training.augment import apply_augment, get_augment, mix_batch, sample_params
 from ferlab.device import autocast_dtype, to_input
-from ferlab.inference import batched_logits, model_forward
+from ferlab.inference.torchloop import batched_logits, model_forward
 from ferlab.training.config import TrainConfig
 from ferlab.training.distributed import Dist, all_reduce_sum
 from ferlab.training.transfer import distillation_loss

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel
 
 from ferlab.atomic import atomic_write_text, remove_leftovers
-from ferlab.batchnorm import recalibrate_batchnorm
+from ferlab.training.batchnorm import recalibrate_batchnorm
 from ferlab.checkpoint import load_state, load_weights, save_state, save_weights
 from ferlab.data import data_names, load_run_data
 from ferlab.device import autocast_dtype, describe_machine, resolve_device

@@ -10,9 +10,9 @@ from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
 from ferlab.labels import canonical_name
 from ferlab.models.registry import last_linear
-from ferlab.onnxrt import OnnxModel
+from ferlab.inference.onnxrt import OnnxModel
 from ferlab.training.config import TrainConfig
-from ferlab.tta import tta_probs
+from ferlab.inference.tta import tta_probs
 
 
 def load_teachers(cfg: TrainConfig, classes, device) -> list[nn.Module]:

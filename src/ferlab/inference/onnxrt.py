@@ -1,7 +1,7 @@
 """Running the ONNX files `ferlab export` writes: onnxruntime sessions, `OnnxModel`, and the model
 card stored in a file's metadata.
 
-This is the runtime half of ONNX support; `ferlab.export` is the writer. It needs onnxruntime
+This is the runtime half of ONNX support; `ferlab.posttrain.export` is the writer. It needs onnxruntime
 (a base dependency, imported when a model is loaded) and neither torch nor the onnx package:
 `pip install ferlab` runs the bundled ONNX models without the training framework.
 """
@@ -79,7 +79,7 @@ class OnnxModel:
     """
 
     def __init__(self, source, threads: int | None = None):
-        self.source = source   # ONNX bytes or a file: what `model_bytes` reads back (ferlab.adapt)
+        self.source = source   # ONNX bytes or a file: what `model_bytes` reads back (ferlab.inference.adapt)
         self.session = create_session(source, threads)
 
     def model_bytes(self) -> bytes:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ferlab.blazeface import BlazeFace
+from ferlab.inference.blazeface import BlazeFace
 from ferlab.errors import FerlabError
 from ferlab.spec import CROP_SCALE, CROP_SHIFT, INPUT_SIZE
 

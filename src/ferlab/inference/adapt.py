@@ -18,7 +18,7 @@ target, the rest on the source, the variance that of the two-component mixture; 
 MIN_FACES faces are refused.
 
 This runs on onnxruntime with the onnx package: no PyTorch. A model is adapted as ONNX bytes whose
-BatchNormalization nodes are kept (every fp32 export: ferlab.export keeps them; int8 exports fold
+BatchNormalization nodes are kept (every fp32 export: ferlab.posttrain.export keeps them; int8 exports fold
 them and cannot be adapted). `Recognizer.adapt(images)` finds the faces and calls `adapt_onnx`.
 """
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ferlab.errors import FerlabError
-from ferlab.onnxrt import INPUT_NAME, OnnxModel
+from ferlab.inference.onnxrt import INPUT_NAME, OnnxModel
 
 # Measured on random draws of CK+48 and taiwanese_tpe faces (the FER2013-only model, first 3 layers,
 # 4 draws each): 8 faces already gained on average at full weight, but 16 is the smallest draw where

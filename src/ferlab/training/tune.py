@@ -46,7 +46,7 @@ from ferlab.models.sarmah2023 import SARMAH2023_SEARCH_SPACE
 from ferlab.training.config import TrainConfig
 from ferlab.training.run import fit, open_run
 from ferlab.training.timing import duration, measure_epoch_seconds
-from ferlab.tunestore import StudyLock, make_storage
+from ferlab.training.tunestore import StudyLock, make_storage
 
 FAMILIES = ("5conv", "8conv")
 

@@ -14,8 +14,8 @@ import cv2
 
 from ferlab.bundled import WEIGHTS_DIR
 from ferlab.errors import FerlabError
-from ferlab.images import check_writable_dir, draw_faces, rounded, write_image
-from ferlab.recognizer import Recognizer
+from ferlab.inference.images import check_writable_dir, draw_faces, rounded, write_image
+from ferlab.inference.recognizer import Recognizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

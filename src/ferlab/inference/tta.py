@@ -8,7 +8,7 @@
 Why one module: `ferlab evaluate` (accuracy of a run) and `Recognizer` (photos, video, the HTTP
 service) must compute the same probabilities for the same faces, or a model's measured accuracy
 with TTA would not be the accuracy users get. Both call `tta_probs`; models run by onnxruntime in
-the Recognizer use its NumPy twin, ferlab.npinference (same views, checked against these).
+the Recognizer use its NumPy twin, ferlab.inference.numpyloop (same views, checked against these).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ferlab.npinference import TTA_MODES, check_tta  # noqa: F401  (the modes, defined where torch is not needed)
+from ferlab.inference.numpyloop import TTA_MODES, check_tta  # noqa: F401  (the modes, defined where torch is not needed)
 
 
 def tencrop(images: torch.Tensor, crop: int = 44) -> list[torch.Tensor]:

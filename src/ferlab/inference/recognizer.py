@@ -4,7 +4,7 @@
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     rec.predict_frame(["a.jpg", "b.jpg"])   # a pandas DataFrame, one row per face (pandas optional)
-    rec.adapt("my_photos/")                 # re-estimate BatchNorm on these faces, no labels (ferlab.adapt)
+    rec.adapt("my_photos/")                 # re-estimate BatchNorm on these faces, no labels (ferlab.inference.adapt)
     rec.reset()                             # back to the model as loaded
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
     Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
@@ -13,19 +13,19 @@
     Recognizer(["default", "run2/"], tta="flip")   # ensemble of two models, each face and its mirror
     for path, faces in rec.predict_many(["folder/"]): ...   # faces is a list or a FerlabError
 
-Probabilities come from `ferlab.inference.batched_probs`, the loop `ferlab evaluate` runs, with the
-same test-time augmentation (tta="flip" or "tencrop", ferlab.tta), or, for models run by
-onnxruntime, from its NumPy twin `ferlab.npinference` (same views, same probabilities to ~1e-6),
+Probabilities come from `ferlab.inference.torchloop.batched_probs`, the loop `ferlab evaluate` runs, with the
+same test-time augmentation (tta="flip" or "tencrop", ferlab.inference.tta), or, for models run by
+onnxruntime, from its NumPy twin `ferlab.inference.numpyloop` (same views, same probabilities to ~1e-6),
 and an ensemble averages its members' probabilities as `ferlab evaluate MODEL MODEL...` does.
 
 No torch: `pip install ferlab` runs the bundled default (its fp32 ONNX export, default-fp32.onnx,
 same probabilities as the PyTorch weights to ~1e-7), the int8 exports and any .onnx file without
-PyTorch; this module imports torch only through ferlab.torchbackend, when a member needs it
+PyTorch; this module imports torch only through ferlab.inference.torchbackend, when a member needs it
 (PyTorch weights, an nn.Module, backend "torch", CUDA, bf16). Without torch installed those fail
 with one FerlabError naming `pip install "ferlab[train]"`.
 
 Images: a path, a PIL image or a NumPy array (RGB HxWx3, or BGR with color="bgr", gray HxW,
-RGBA HxWx4), any size, decoded and converted by ferlab.images; boxes are in the pixels of the
+RGBA HxWx4), any size, decoded and converted by ferlab.inference.images; boxes are in the pixels of the
 upright (EXIF-oriented) image at its full size. Images smaller than 8 px on a side, and images
 without a face, give []. Faces are cropped with the framing the models' cards name (rec.framing:
 crop_scale, crop_shift; ferlab.spec.card_input, spec's defaults for older cards), mapped onto the
@@ -46,15 +46,15 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ferlab import npinference, onnxrt
-from ferlab.adapt import MIN_FACES, adapt_onnx, target_weight
+from ferlab.inference import numpyloop, onnxrt
+from ferlab.inference.adapt import MIN_FACES, adapt_onnx, target_weight
 from ferlab.bundled import WEIGHTS_DIR, check_card_classes, onnx_twin, read_card, resolve_weights
 from ferlab.errors import FerlabError
-from ferlab.faces import create_detector, crop_faces_for
-from ferlab.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
+from ferlab.inference.faces import create_detector, crop_faces_for
+from ferlab.inference.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
 from ferlab.labels import check_same_classes
-from ferlab.npinference import TTA_MODES, check_tta
-from ferlab.onnxrt import OnnxModel, load_onnx
+from ferlab.inference.numpyloop import TTA_MODES, check_tta
+from ferlab.inference.onnxrt import OnnxModel, load_onnx
 from ferlab.spec import CLASSES, card_input, to_model_input
 
 TORCH_HINT = 'pip install "ferlab[train]"'
@@ -76,7 +76,7 @@ class Recognizer:
     model). detector: a name for `create_detector` or a Detector. device: "cpu", "cuda", "auto".
     tta: "none", "flip" (average the probabilities of each face and its mirror image) or
     "tencrop" (ten views: the corner and centre 44x44 crops, resized to 48, and their mirrors;
-    10x the classifier work). See ferlab.tta.
+    10x the classifier work). See ferlab.inference.tta.
     precision: "fp32" (default) or "bf16" autocast (2-3x the faces/s on CPUs with AMX or
     AVX512-BF16, see benchmarks/inference_speed.py; probabilities move by up to ~1e-2). Refused
     where the hardware has no native bf16: emulated, it ran 7.6x slower than fp32 on an AVX2 CPU.
@@ -91,7 +91,7 @@ class Recognizer:
     batch 256 (425 vs 172), with the same probabilities to ~1e-6 (benchmarks/backends.py). The
     export happens once per Recognizer, in memory: no cache file to invalidate or race on; bundled
     weights with an fp32 ONNX twin (default -> default-fp32.onnx) load the twin instead, without
-    torch. Sessions use --threads (ferlab.onnxrt.default_threads) and are safe to call from several
+    torch. Sessions use --threads (ferlab.inference.onnxrt.default_threads) and are safe to call from several
     threads. Members loaded from .onnx files run in onnxruntime whatever the backend.
     """
 
@@ -151,11 +151,11 @@ class Recognizer:
         self.model, self.card = self.models[0], self.cards[0]
 
     def _torch(self, why: str, alternative: str = ""):
-        """ferlab.torchbackend (imported here, on first need, so that ONNX models never load torch), or
+        """ferlab.inference.torchbackend (imported here, on first need, so that ONNX models never load torch), or
         one FerlabError naming the extra to install when PyTorch is missing."""
         if self._torch_backend is None:
             try:
-                from ferlab import torchbackend
+                from ferlab.inference import torchbackend
             except ImportError as e:
                 if (e.name or "").split(".")[0] not in ("torch", "safetensors", "onnx"):
                     raise
@@ -196,7 +196,7 @@ class Recognizer:
             return np.empty((0, len(self.classes)), np.float32)
         x = np.asarray(x, np.float32)
         if self.backend == "onnx":  # every runner is an OnnxModel: NumPy in, NumPy out, no torch
-            members = (npinference.batched_probs(self._forward(i), x, self.tta, self.batch_size)
+            members = (numpyloop.batched_probs(self._forward(i), x, self.tta, self.batch_size)
                        for i in range(len(self.runners)))
         else:
             tb = self._torch("the torch backend")
@@ -204,7 +204,7 @@ class Recognizer:
                                 precision=self.precision, channels_last=self.channels_last,
                                 check=lambda n, i=i: self._check_scores(i, n))
                        for i, runner in enumerate(self.runners))
-        return npinference.ensemble_mean(members)
+        return numpyloop.ensemble_mean(members)
 
     def _forward(self, i: int):
         runner = self.runners[i]
@@ -288,7 +288,7 @@ class Recognizer:
         (a whole photo, read as predict reads it), or a list or iterable of these (e.g. a video's
         frames, with color="bgr" for OpenCV's). Faces are found and cropped
         as in predict; every BatchNorm layer's statistics are then blended with those of these
-        faces, the more faces the further (ferlab.adapt: weight n / (n + PRIOR_FACES)). Later
+        faces, the more faces the further (ferlab.inference.adapt: weight n / (n + PRIOR_FACES)). Later
         predictions use the adapted model until reset(). FerlabError when fewer than MIN_FACES
         faces are found, or a member cannot be adapted (an int8 export, the torch backend).
         """

@@ -1,6 +1,6 @@
 """Where a `ferlab tune` study lives: its database (an Optuna RDBStorage whose heartbeats re-queue
 the trials of dead workers) and the file lock that keeps workers on one SQLite file from claiming
-more trials than the study's target. Split from ferlab/tune.py, which runs the search."""
+more trials than the study's target. Split from ferlab/training/tune.py, which runs the search."""
 
 import inspect
 import os

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ferlab.device import autocast_dtype, to_input
-from ferlab.tta import check_tta, tta_probs
+from ferlab.inference.tta import check_tta, tta_probs
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -59,7 +59,7 @@ def batched_logits(forward: Forward, faces, *, batch_size: int = 256, device="cp
 def batched_probs(forward: Forward, faces, tta: str = "none", batch_size: int = 256, *, device="cpu",
                   channels_last: bool = False) -> np.ndarray:
     """Class probabilities (N, C), float32: the mean softmax over the `tta` views of each face
-    (ferlab.tta), computed batch_size faces at a time."""
+    (ferlab.inference.tta), computed batch_size faces at a time."""
     check_tta(tta)
     out = _batched(lambda x: tta_probs(forward, x, tta), faces, batch_size, device, channels_last)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ferlab.errors import FerlabError
 
-WEIGHTS = Path(__file__).resolve().parent / "weights" / "detectors"
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "detectors"
 
 
 @dataclass(frozen=True)

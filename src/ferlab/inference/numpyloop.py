@@ -1,9 +1,9 @@
-"""The NumPy twin of `ferlab.inference` for models run by onnxruntime: batches, test-time
+"""The NumPy twin of `ferlab.inference.torchloop` for models run by onnxruntime: batches, test-time
 augmentation, softmax, without torch.
 
 `pip install ferlab` has no PyTorch, so the Recognizer runs ONNX members through this loop (with
 or without torch installed: the same faces get the same probabilities either way). The views are
-those of `ferlab.tta` (flip: the mirror image; tencrop: the 4 corner and the centre 44x44 crops
+those of `ferlab.inference.tta` (flip: the mirror image; tencrop: the 4 corner and the centre 44x44 crops
 resized back to 48x48 bilinearly, half-pixel centres as torch's `interpolate(align_corners=False)`,
 and their mirrors); tests/test_lean.py checks the two loops agree to ~1e-6.
 """
@@ -29,7 +29,7 @@ def check_tta(tta: str) -> str:
 
 
 def tencrop(images: np.ndarray, crop: int = 44) -> list[np.ndarray]:
-    """Ten views (N, 1, 48, 48) of float32 images, as ferlab.tta.tencrop makes them."""
+    """Ten views (N, 1, 48, 48) of float32 images, as ferlab.inference.tta.tencrop makes them."""
     size = images.shape[-1]
     o = size - crop
     c = o // 2

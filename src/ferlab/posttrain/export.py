@@ -20,7 +20,7 @@ astronaut's variants are one face. The int8 model's agreement with fp32 is print
 
 The TorchScript-based exporter (`dynamo=False`) is used: it needs only `onnx` and works offline;
 the torch.export-based one needs onnxscript. BatchNorm stays a node of its own (no constant
-folding), so `Recognizer.adapt` can re-estimate its statistics on a user's faces (ferlab.adapt);
+folding), so `Recognizer.adapt` can re-estimate its statistics on a user's faces (ferlab.inference.adapt);
 onnxruntime folds it into the convolutions when it loads the file, so it runs as fast.
 """
 
@@ -42,8 +42,8 @@ from ferlab.atomic import atomic_write
 from ferlab.checkpoint import load_model
 from ferlab.data import load_dataset
 from ferlab.errors import FerlabError
-from ferlab.inference import batched_probs
-from ferlab.onnxrt import INPUT_NAME, OUTPUT_NAME, OnnxModel, read_metadata
+from ferlab.inference.torchloop import batched_probs
+from ferlab.inference.onnxrt import INPUT_NAME, OUTPUT_NAME, OnnxModel, read_metadata
 from ferlab.spec import (CLASSES, CROP_SCALE, CROP_SHIFT, FACE_CROP, INPUT_SIZE, PIXEL_DIVISOR, card_input, face_crop_text,
                          to_model_input)
 

@@ -1,7 +1,7 @@
 """The Recognizer's PyTorch half: loading PyTorch weights, exporting them to ONNX in memory, and
-running them (fp32 or bf16 autocast, channels-last) through `ferlab.inference.batched_probs`.
+running them (fp32 or bf16 autocast, channels-last) through `ferlab.inference.torchloop.batched_probs`.
 
-`ferlab.recognizer` imports this module only when a member needs torch (a .safetensors file or run
+`ferlab.inference.recognizer` imports this module only when a member needs torch (a .safetensors file or run
 directory that is not bundled with an fp32 ONNX export, an nn.Module, --backend torch, a CUDA
 device): `pip install ferlab` has no torch, and `ferlab predict` with the bundled default must not
 spend ~2 s importing it. Without torch the import fails and the Recognizer names the extra to install.
@@ -16,9 +16,9 @@ import torch
 
 from ferlab.checkpoint import load_model
 from ferlab.device import native_bf16, resolve_device
-from ferlab.export import to_onnx
-from ferlab.inference import batched_probs
-from ferlab.onnxrt import OnnxModel
+from ferlab.posttrain.export import to_onnx
+from ferlab.inference.torchloop import batched_probs
+from ferlab.inference.onnxrt import OnnxModel
 
 __all__ = ["load_model", "native_bf16", "resolve_device", "is_module", "prepare", "exported", "probs", "set_threads", "channels_last"]
 

@@ -8,9 +8,8 @@ Unreadable files are reported on stderr, one line each, and skipped; the exit st
 least one image was processed and 2 when none was. --adapt first adapts the model to the faces
 of all the images (`Recognizer.adapt`, no labels), then recognises them.
 
-The work is the `Recognizer` (ferlab.recognizer) and ferlab.images; this module is the command.
-`from ferlab.predict import Recognizer` keeps working, but `from ferlab import Recognizer` is the
-documented home.
+The work is the `Recognizer` (ferlab.inference.recognizer) and ferlab.inference.images; this
+module is the command.
 """
 
 from __future__ import annotations
@@ -25,14 +24,14 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ferlab.adapt import MIN_FACES
+from ferlab.inference.adapt import MIN_FACES
 from ferlab.atomic import atomic_write, refuse_overwrite
 from ferlab.errors import FerlabError
-from ferlab.images import (check_writable_dir, check_writable_file, draw_faces, expand_paths, prefetch, rounded,
+from ferlab.inference.images import (check_writable_dir, check_writable_file, draw_faces, expand_paths, prefetch, rounded,
                            safe_load, write_image)
-from ferlab.recognizer import Recognizer, add_model_arguments, recognizer_from_args
+from ferlab.inference.recognizer import Recognizer, add_model_arguments, recognizer_from_args
 
-__all__ = ["Recognizer", "add_arguments", "run"]
+__all__ = ["add_arguments", "run"]
 
 
 def csv_header(classes) -> list[str]:

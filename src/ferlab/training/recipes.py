@@ -5,8 +5,6 @@ it. Where a paper is silent, the value is Keras' default (the papers' framework)
 comment says so. `ferlab recipes` prints them.
 """
 
-import sys
-
 from ferlab.errors import FerlabError
 
 FER2013_OFFICIAL = {"train_splits": "Training", "val_splits": "PublicTest", "test_splits": "PrivateTest"}
@@ -61,25 +59,6 @@ def get_recipe(name: str) -> dict:
     if name not in RECIPES:
         raise FerlabError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})")
     return dict(RECIPES[name])
-
-
-# bah2022's recipes name FERGIT's parts; a FER2013 CSV has the official ones in the same roles.
-FERGIT_TO_OFFICIAL = {"train": "Training", "val": "PublicTest", "test": "PrivateTest"}
-
-
-def recipe_splits(cfg, have: list[str], splits: tuple[str, str, str]) -> tuple[str, str, str]:
-    """(train, val, test) split names for data whose splits are `have`: `splits` as resolved, except
-    that a --recipe's FERGIT names (train/val/test: bah2022) become FER2013's official parts
-    (Training/PublicTest/PrivateTest) when the data has those instead; says so in one line."""
-    if not cfg.recipe or not set(FERGIT_TO_OFFICIAL.values()) <= set(have):
-        return splits
-    renamed = tuple(",".join(FERGIT_TO_OFFICIAL[n] if n in FERGIT_TO_OFFICIAL and n not in have else n
-                             for n in s.split(",")) if s else s for s in splits)
-    if renamed != splits:
-        print(f"ferlab: --recipe {cfg.recipe} names FERGIT's splits; this data has FER2013's, so it trains on "
-              f"{renamed[0]}, validates on {renamed[1]}" + (f" and tests on {renamed[2]}" if renamed[2] else ""),
-              file=sys.stderr)
-    return renamed
 
 
 def add_arguments(parser) -> None:

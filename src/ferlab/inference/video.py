@@ -33,8 +33,8 @@ import numpy as np
 
 from ferlab.atomic import atomic_write, refuse_overwrite
 from ferlab.errors import FerlabError
-from ferlab.images import check_writable_file, draw_faces, rounded
-from ferlab.recognizer import add_model_arguments, recognizer_from_args
+from ferlab.inference.images import check_writable_file, draw_faces, rounded
+from ferlab.inference.recognizer import add_model_arguments, recognizer_from_args
 
 ADAPT_FRAMES = 300  # --adapt reads the faces of this many frames, spread over the video
 
