@@ -353,31 +353,29 @@ def test_fergit_composition_and_seeded_split(tmp_path):
     assert not np.array_equal(ds.splits, load_dataset(spec, seed=2).splits)
 
 
-def test_bah2022_recipe_on_a_fer2013_csv_trains_on_its_official_splits(make_toy_csv, tmp_path, capsys, one_thread):
-    """The bah2022 recipe names FERGIT's splits (train/val/test); on a FER2013 CSV, which
-    has none of them, they are Training/PublicTest/PrivateTest, said in one line."""
-    csv = make_toy_csv(70, 21, 21)
-    run = tmp_path / "run"
-    assert ferlab_main(["train", "--recipe", "bah2022", "--data", str(csv), "--epochs", "1", "--device", "cpu",
-                        "--model-kwargs", '{"widths": [4, 4, 8, 8, 8, 8]}', "--out", str(run)]) == 0
-    err = capsys.readouterr().err
-    assert ("--recipe bah2022 names FERGIT's splits; this data has FER2013's, so it trains on Training, "
-            "validates on PublicTest and tests on PrivateTest") in err, err
-    assert "test_acc" in (run / "metrics.csv").read_text().splitlines()[0]
-
-
-def test_a_fer2013_recipe_on_a_train_val_test_folder_trains_on_its_train_val_test(tmp_path, capsys, one_thread):
-    """fernet_m names FER2013's splits (Training/PublicTest/PrivateTest); a folder of train/, val/ and
-    test/ has none of them, so it trains on train, validates on val and tests on test, said in one line."""
-    root = tmp_path / "faces"
+def train_val_test_folder(root):
     for split, n in (("train", 6), ("val", 2), ("test", 2)):
         make_tree(root / split, {"happy": n, "sad": n}, prefix=split)
+    return root
+
+
+@pytest.mark.parametrize("recipe, data, options, said", [
+    # bah2022 names FERGIT's splits; a FER2013 CSV has Training/PublicTest/PrivateTest instead
+    ("bah2022", lambda tmp, csv: csv(70, 21, 21), ["--model-kwargs", '{"widths": [4, 4, 8, 8, 8, 8]}'],
+     "--recipe bah2022 names FERGIT's splits; this data has FER2013's, so it trains on Training, "
+     "validates on PublicTest and tests on PrivateTest"),
+    # fernet_m names FER2013's; a folder of train/, val/ and test/ has FERGIT's names
+    ("fernet_m", lambda tmp, csv: train_val_test_folder(tmp / "faces"), ["--batch-size", "4"],
+     "--recipe fernet_m names FER2013's splits; this data has train/val/test, so it trains on train, "
+     "validates on val and tests on test"),
+])
+def test_a_recipe_trains_on_the_splits_in_the_same_roles_when_the_data_names_them_otherwise(
+        recipe, data, options, said, make_toy_csv, tmp_path, capsys, one_thread):
     run = tmp_path / "run"
-    assert ferlab_main(["train", "--recipe", "fernet_m", "--data", str(root), "--epochs", "1", "--device", "cpu",
-                        "--batch-size", "4", "--out", str(run)]) == 0
+    assert ferlab_main(["train", "--recipe", recipe, "--data", str(data(tmp_path, make_toy_csv)), "--epochs", "1",
+                        "--device", "cpu", *options, "--out", str(run)]) == 0
     err = capsys.readouterr().err
-    assert ("--recipe fernet_m names FER2013's splits; this data has train/val/test, so it trains on train, "
-            "validates on val and tests on test") in err, err
+    assert said in err, err
     assert "test_acc" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
