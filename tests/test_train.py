@@ -439,6 +439,23 @@ def test_train_command_recreates_the_config(tmp_path, recipe):
     assert asdict(parsed) == {**config, "data": os.path.abspath("fer2013.csv.gz"), "ferplus": os.path.abspath("fer2013new.csv")}
 
 
+def test_soft_weight_blends_the_votes_with_each_rows_own_label():
+    """--soft-weight w: target = w * votes + (1 - w) * one-hot(own label); 1 is the votes alone, 0
+    the labels; outside [0, 1] is refused in one line."""
+    from types import SimpleNamespace
+
+    from ferlab.training.run import training_targets
+
+    votes = np.array([[0.2, 0.8, 0.0], [0.5, 0.0, 0.5]], np.float32)
+    train = SimpleNamespace(labels=np.array([0, 2]), soft_labels=votes)
+    blend = training_targets(TrainConfig(data="x.csv", targets="soft", soft_weight=0.25), train).numpy()
+    assert np.allclose(blend, [[0.8, 0.2, 0.0], [0.125, 0.0, 0.875]]) and np.allclose(blend.sum(1), 1)
+    assert np.array_equal(training_targets(TrainConfig(data="x.csv", targets="soft"), train).numpy(), votes)
+    assert training_targets(TrainConfig(data="x.csv", targets="soft", soft_weight=0.0), train).argmax(1).tolist() == [0, 2]
+    with pytest.raises(FerlabError, match="--soft-weight"):
+        TrainConfig(data="x.csv", targets="soft", soft_weight=1.5)
+
+
 def test_ferplus_soft_targets_train_an_8_class_model(ferlab, toy_csv, tmp_path):
     """--ferplus --targets soft: FER+ vote distributions as targets, contempt as an eighth class,
     and `ferlab evaluate RUN` scores it against the FER+ majority labels."""

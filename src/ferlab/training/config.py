@@ -38,6 +38,8 @@ class TrainConfig:
     ferplus: str | None = option(None, "FER+ votes file (fer2013new.csv): train on FER+ labels (in a mix: FER+ vote "
                                        "distributions over the 7 classes for the FER2013 rows, used with --targets soft)")
     targets: str = option("hard", "hard: majority labels; soft: FER+ vote distributions (needs --ferplus)")
+    soft_weight: float = option(1.0, "with --targets soft: the vote distributions' share of each target, the rest "
+                                     "on the row's own label (1: votes only)")
     source_weights: str = option("", "in a mix: NAME=W,... multiplies the chance each face of source NAME is drawn "
                                      "(faces are then drawn with replacement); unnamed sources 1")
     logit_adjust: float = option(0.0, "tau of logit-adjusted loss (Menon et al. 2021): the loss sees logits + "
@@ -111,6 +113,8 @@ class TrainConfig:
             raise FerlabError("--average-from is a fraction of the epochs: in [0, 1) (0: off)")
         if self.mixup < 0 or self.cutmix < 0:
             raise FerlabError("--mixup and --cutmix are Beta alphas: >= 0 (0: off)")
+        if not 0 <= self.soft_weight <= 1:
+            raise FerlabError("--soft-weight is the votes' share of each target: in [0, 1]")
         if self.teacher and not (0 < self.distill_weight <= 1 and self.distill_temperature > 0):
             raise FerlabError("with --teacher: --distill-weight in (0, 1] and --distill-temperature > 0")
 

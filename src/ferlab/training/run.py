@@ -177,12 +177,15 @@ class Progress:
 
 
 def training_targets(cfg: TrainConfig, train) -> torch.Tensor:
-    """Labels, or with --targets soft the FER+ vote distributions."""
+    """Labels, or with --targets soft the FER+ vote distributions (blended with the rows' own
+    labels by --soft-weight: FER2013's labels in a mix, FER+'s majority with --ferplus alone)."""
     if cfg.targets != "soft":
         return torch.from_numpy(train.labels.astype(np.int64))
     if train.soft_labels is None:
         raise FerlabError(f"{data_names(cfg.data)}: --targets soft needs vote distributions (pass --ferplus)")
-    return torch.from_numpy(train.soft_labels.astype(np.float32))
+    votes = train.soft_labels.astype(np.float32)
+    own = np.eye(votes.shape[1], dtype=np.float32)[train.labels]
+    return torch.from_numpy(cfg.soft_weight * votes + (1 - cfg.soft_weight) * own)
 
 
 def source_sample_weights(cfg: TrainConfig, train) -> torch.Tensor | None:
