@@ -24,9 +24,10 @@ ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores them n
 --adapt also scores every model adapted to the faces it is scored on, without their labels
 (`Recognizer.adapt_faces`, ferlab/inference/adapt.py), as `ferlab predict DIR --adapt` would.
 
---balance-prior also scores every run directory re-balanced for its training class prior
-(ferlab/posttrain/prior.py: tau chosen on the run's own validation faces, never on a scored face), as
-`ferlab bundle --balance-prior` ships it.
+--balance-prior auto,0.2,0.4 also scores each model re-balanced for its training class prior
+(ferlab/posttrain/prior.py), as `ferlab bundle --balance-prior` ships it: `auto` with tau chosen on a run
+directory's own validation faces (never on a scored face), a number with that tau (any model whose run
+or card names its training data). On leave-one-out models this chooses tau for faces of an unseen source.
 
 Reports accuracy, macro-F1 (over the classes present) and per-class recall; prints Markdown and
 writes it with a JSON copy to --out.
@@ -50,7 +51,8 @@ from ferlab.data.mix import mix_splits, source_name, to_fer2013_classes  # noqa:
 from ferlab.evaluate import evaluate_models  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import summary  # noqa: E402
-from ferlab.posttrain.prior import balance_for_run, rebalance  # noqa: E402
+from ferlab.posttrain.prior import balance_for_run, rebalance, training_prior  # noqa: E402
+from ferlab.training.config import config_from_file  # noqa: E402
 from ferlab.errors import run_script  # noqa: E402
 from ferlab.spec import to_model_input  # noqa: E402
 
@@ -100,13 +102,38 @@ def trained_sources(members: list[str]) -> tuple[set, int]:
 
 
 def member_sources(spec: str) -> tuple[set, int]:
-    path = Path(spec).expanduser()
-    if (path / "config.json").is_file():
-        config = json.loads((path / "config.json").read_text())
-    else:
-        config = load_model(spec)[1].get("training", {}).get("config", {})
+    config = training_settings(spec)
     data = config.get("data") or []
     return {source_name(s) for s in ([data] if isinstance(data, str) else data)}, int(config.get("seed", 0))
+
+
+def training_settings(spec: str) -> dict:
+    """The training settings of a run directory (its config.json) or of a weights file (its card's); {} if none."""
+    path = Path(spec).expanduser()
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text())
+    return load_model(spec)[1].get("training", {}).get("config", {})
+
+
+def balance_variants(spec: str, settings: list[str]) -> list[tuple[str, dict]]:
+    """(report name, {"prior", "tau"}) for each --balance-prior setting that applies to a model."""
+    path = Path(spec).expanduser()
+    variants, prior = [], None
+    for setting in settings:
+        if setting == "auto":
+            if (path / "config.json").is_file():
+                balance = balance_for_run(path, load_model(spec)[0])
+                variants.append((f"{spec} balanced (tau {balance['tau']})", balance))
+                print(json.dumps({"model": spec, **balance}), flush=True)
+            continue
+        if prior is None:
+            settings_ = training_settings(spec)
+            if not settings_:
+                print(f"warning: {spec}: no training settings, so no class prior to re-balance for", file=sys.stderr)
+                return variants
+            prior = training_prior(config_from_file(settings_, path))
+        variants.append((f"{spec} tau {float(setting):g}", {"prior": prior.tolist(), "tau": float(setting)}))
+    return variants
 
 
 def held_out_part(name: str, data, test_part, seen: set, seed: int) -> tuple[str, np.ndarray]:
@@ -162,9 +189,18 @@ def main() -> int:
     p.add_argument("--tta", default="none", help="none, flip or tencrop")
     p.add_argument("--train", help="`ferlab train` options for the leave-one-data-set-out models (needs --runs)")
     p.add_argument("--runs", help="where the --train runs go (one subfolder per held-out source)")
-    p.add_argument("--balance-prior", action="store_true", help="also score each run directory re-balanced for its class prior")
+    p.add_argument("--balance-prior", metavar="auto,TAU,...", default="",
+                   help="also score each model re-balanced for its training class prior: auto (tau chosen on a run's "
+                        "validation faces) and/or given taus")
     p.add_argument("--out", type=Path, default=Path("cross_dataset"), help="report folder (report.md, report.json)")
     a = p.parse_args()
+    balance_settings = [s for s in a.balance_prior.split(",") if s]
+    for setting in balance_settings:
+        if setting != "auto":
+            try:
+                float(setting)
+            except ValueError:
+                p.error(f"--balance-prior takes auto or numbers, not {setting!r}")
     if a.train and not (a.runs and len(source_specs(a)) >= 2):
         p.error("--train needs --runs and at least two of --ckplus, --muxspace, --tpe")
     models = list(a.models) + (train_lodo(a) if a.train else [])
@@ -175,10 +211,8 @@ def main() -> int:
     for spec in models:
         members = spec.split(",")
         variants = [(spec, None)]   # (its name in the report, prior adjustment, "adapt" or None)
-        if a.balance_prior and (Path(spec).expanduser() / "config.json").is_file():
-            balance = balance_for_run(Path(spec).expanduser(), load_model(spec)[0])
-            variants.append((f"{spec} balanced (tau {balance['tau']})", balance))
-            print(json.dumps({"model": spec, **balance}), flush=True)
+        if len(members) == 1:
+            variants += balance_variants(spec, balance_settings)
         if a.adapt:
             variants.append((f"{spec} adapted", "adapt"))
         seen, seed = trained_sources(members)

@@ -1,10 +1,12 @@
-"""Recognizer.adapt: BatchNorm statistics re-estimated on a user's faces, without labels (ferlab.inference.adapt)."""
+"""Recognizer.adapt: BatchNorm statistics and the class prior re-estimated on a user's faces, without labels
+(ferlab.inference.adapt)."""
 
 import numpy as np
 import pytest
 
 from ferlab import Recognizer
-from ferlab.inference.adapt import MIN_FACES, adapt_onnx, blend_statistics, target_weight
+from ferlab.inference.adapt import (MIN_FACES, PRIOR_SHIFT_FACES, adapt_onnx, blend_statistics, class_weights, reweight,
+                                   target_weight)
 from ferlab.errors import FerlabError
 
 
@@ -77,16 +79,72 @@ def test_only_the_first_third_of_the_batchnorm_layers_move():
     assert moved == [True, True, False, False, False, False]
 
 
+TRAINING_PRIOR = np.array([0.10, 0.02, 0.10, 0.30, 0.12, 0.09, 0.27])   # as in FER2013 + web photos
+
+
+def test_faces_predicted_at_the_training_prior_change_nothing():
+    probs = np.tile(TRAINING_PRIOR, (40, 1))
+    np.testing.assert_allclose(class_weights(probs, TRAINING_PRIOR), np.ones(7), rtol=1e-6)
+
+
+def test_a_set_of_mostly_sad_faces_tips_a_borderline_face_to_sad():
+    sad, neutral = 4, 6
+    leaning_sad = np.full((63, 7), 0.02)
+    leaning_sad[:, sad], leaning_sad[:, neutral] = 0.62, 0.28
+    borderline = np.full((1, 7), 0.02)
+    borderline[0, sad], borderline[0, neutral] = 0.42, 0.48
+    probs = np.concatenate([leaning_sad, borderline])
+    weights = class_weights(probs, TRAINING_PRIOR)
+    happy = 3
+    assert weights[sad] > weights[neutral] and weights[happy] < 1   # sad is more common here than in training, happy rarer
+    assert reweight(borderline, weights).argmax() == sad
+    np.testing.assert_allclose(reweight(probs, weights).sum(1), 1, rtol=1e-6)
+
+
+def test_more_faces_move_the_class_prior_further():
+    probs = np.tile(np.eye(7)[4] * 0.8 + 0.2 / 7, (256, 1))   # every face leaning sad
+    few, many = class_weights(probs[:16], TRAINING_PRIOR), class_weights(probs, TRAINING_PRIOR)
+    assert 1 < few[4] < many[4]
+    expected = (16 * probs[0] + PRIOR_SHIFT_FACES * TRAINING_PRIOR) / (16 + PRIOR_SHIFT_FACES) / TRAINING_PRIOR
+    np.testing.assert_allclose(few, expected, rtol=1e-5)
+
+
 def test_adapt_changes_predictions_and_reset_restores_them():
     rec = Recognizer(backend="onnx")
     faces = shifted_faces(64)
     before = rec.probabilities(faces)
     assert rec.adapt_faces(faces) is rec
-    assert rec.adaptation == {"faces": 64, "weight": round(target_weight(64), 4)}
+    assert {k: rec.adaptation[k] for k in ("faces", "weight")} == {"faces": 64, "weight": round(target_weight(64), 4)}
     adapted = rec.probabilities(faces)
     assert np.abs(adapted - before).max() > 0.01
     np.testing.assert_array_equal(rec.reset().probabilities(faces), before)
     assert rec.adaptation is None
+
+
+def test_adapt_estimates_the_prior_of_the_faces_from_the_models_own_probabilities():
+    """The bundled default carries its training prior; the faces' prior is the mean of what the
+    BatchNorm-adapted model says about them, blended with the training prior as PRIOR_SHIFT_FACES faces."""
+    rec = Recognizer(backend="onnx")
+    training_prior = np.array(rec.card["class_prior"])
+    faces = shifted_faces(64)
+    faces_prior = np.array(list(rec.adapt_faces(faces).adaptation["class_prior"].values()))
+    assert list(rec.adaptation["class_prior"]) == list(rec.classes)
+    reweighted = rec.probabilities(faces)
+    unweighted = reweighted / (faces_prior / training_prior)   # undo the re-weighting
+    unweighted /= unweighted.sum(1, keepdims=True)
+    expected = (unweighted.sum(0) + PRIOR_SHIFT_FACES * training_prior) / (64 + PRIOR_SHIFT_FACES)
+    np.testing.assert_allclose(faces_prior, expected, atol=2e-4)
+    assert np.abs(faces_prior - training_prior).max() > 0.01
+    rec.adapt_faces(faces, prior=False)   # the BatchNorm step alone
+    assert rec.adaptation["class_prior"] is None
+    np.testing.assert_allclose(rec.probabilities(faces), unweighted, atol=3e-4)   # the prior is shown to 4 decimals
+
+
+def test_a_model_without_a_class_prior_adapts_its_batchnorm_only(fernet_weights):
+    rec = Recognizer(fernet_weights, backend="onnx")
+    assert "class_prior" not in rec.card
+    rec.adapt_faces(shifted_faces(32))
+    assert rec.adaptation["class_prior"] is None
 
 
 def test_adapt_refuses_too_few_faces():

@@ -9,8 +9,10 @@ import pytest
 
 from ferlab.checkpoint import load_model
 from ferlab.evaluate import predict_probs
+from ferlab.posttrain.prior import rebalanced_prior
 from ferlab.training.config import TrainConfig
 from ferlab.training.run import fit, open_run
+from synthetic import synthetic_faces
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +44,10 @@ def test_bundle_ships_weights_card_and_int8_export_of_an_interpolated_rebalanced
     assert card["metrics"]["privatetest_tta_none"]["num_samples"] == 28   # the run's own FER2013 CSV, by default
     model, meta = load_model(str(tmp_path / "toy.safetensors"))
     assert meta["interpolation"]["alpha"] == 0.5 and meta["prior_adjustment"]["tau"] == card["prior_adjustment"]["tau"]
+    # the class prior Recognizer.adapt starts from: the training faces', as far as the adjustment left it
+    np.testing.assert_allclose(meta["class_prior"], rebalanced_prior(card["prior_adjustment"]["prior"],
+                                                                     card["prior_adjustment"]["tau"]), atol=1e-5)
+    assert meta["class_prior"] == card["class_prior"]
     int8, _ = load_model(str(tmp_path / "toy-int8.onnx"))
     faces = np.random.default_rng(0).integers(0, 256, (8, 48, 48), dtype=np.uint8)
     assert (predict_probs(int8, faces).argmax(1) == predict_probs(model, faces).argmax(1)).mean() >= 0.75
@@ -53,6 +59,8 @@ def test_bundle_without_int8_ships_the_weights_and_card_only(cli, fine_tuned_run
     assert {p.name for p in tmp_path.iterdir()} == {"plain.safetensors", "plain.json"}
     card = json.loads((tmp_path / "plain.json").read_text())
     assert "interpolation" not in card and "prior_adjustment" not in card
+    _, labels = synthetic_faces(140 + 70 + 28, seed=0)   # the toy CSV's faces: its first 140 rows are Training
+    np.testing.assert_allclose(card["class_prior"], np.bincount(labels[:140], minlength=7) / 140, atol=1e-5)
     assert set(card["metrics"]["onnx"]) == {"opset", "privatetest_accuracy_fp32"}
 
 

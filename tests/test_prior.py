@@ -12,7 +12,8 @@ from ferlab.checkpoint import load_model
 from ferlab.errors import FerlabError
 from ferlab.evaluate import predict_probs
 from ferlab.labels import FER2013_CLASSES
-from ferlab.posttrain.prior import balance_for_run, choose_tau, fold_into_bias, mean_source_macro_f1, rebalance
+from ferlab.posttrain.prior import (balance_for_run, choose_tau, fold_into_bias, mean_source_macro_f1, rebalance,
+                                   training_prior)
 from ferlab.training.config import TrainConfig
 from ferlab.training.losses import class_prior
 from ferlab.training.run import fit, open_run
@@ -97,3 +98,4 @@ def test_balance_for_run_reads_the_training_prior_and_scores_each_tau(make_toy_c
     assert balance["tau"] in (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
     assert len(balance["val_mean_source_macro_f1"]) == 9 and json.dumps(balance)
     assert balance_for_run(tmp_path / "run", model, tau=0.3)["tau"] == 0.3
+    np.testing.assert_allclose(training_prior(cfg), balance["prior"], atol=1e-6)

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ferlab.inference.adapt import MIN_FACES
+from ferlab.inference.adapt import MIN_FACES, adaptation_line
 from ferlab.atomic import atomic_write, refuse_overwrite
 from ferlab.errors import FerlabError
 from ferlab.inference.images import (check_writable_dir, check_writable_file, draw_faces, expand_paths, prefetch, rounded,
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "under its path in the folder given (inputs with the same name: NAME-2.EXT, NAME-3.EXT, ...)")
     parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True, help="search folders recursively (default: on)")
     parser.add_argument("--adapt", action="store_true", help="first adapt the model to the faces in these images, "
-                        f"without labels (Recognizer.adapt: BatchNorm statistics; needs at least {MIN_FACES} faces)")
+                        f"without labels (Recognizer.adapt: BatchNorm statistics and class prior; needs at least {MIN_FACES} faces)")
     parser.epilog = ("Unreadable files are reported on stderr and skipped; exit status 0 if at least one image was "
                      "processed, 2 if none. An output never overwrites an input: --output or an annotated copy that "
                      "would replace a photo given is refused.")
@@ -76,7 +76,7 @@ def run(args) -> int:
     rec = recognizer_from_args(args)
     if args.adapt:
         rec.adapt(files)
-        print(f"ferlab predict: adapted to {rec.adaptation['faces']} faces (weight {rec.adaptation['weight']})", file=sys.stderr)
+        print(f"ferlab predict: {adaptation_line(rec.adaptation)}", file=sys.stderr)
     counts = {"ok": 0, "failed": 0, "faces": 0}
 
     def process(out) -> None:

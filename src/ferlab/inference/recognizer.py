@@ -4,7 +4,7 @@
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     rec.predict_frame(["a.jpg", "b.jpg"])   # a pandas DataFrame, one row per face (pandas optional)
-    rec.adapt("my_photos/")                 # re-estimate BatchNorm on these faces, no labels (ferlab.inference.adapt)
+    rec.adapt("my_photos/")                 # re-estimate BatchNorm and class prior on these faces, no labels (inference.adapt)
     rec.reset()                             # back to the model as loaded
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
     Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ferlab.inference import numpyloop, onnxrt
-from ferlab.inference.adapt import MIN_FACES, adapt_onnx, target_weight
+from ferlab.inference.adapt import MIN_FACES, adapt_onnx, class_weights, reweight, target_weight
 from ferlab.bundled import WEIGHTS_DIR, check_card_classes, onnx_twin, read_card, resolve_weights
 from ferlab.errors import FerlabError
 from ferlab.inference.faces import create_detector, crop_faces_for
@@ -130,8 +130,9 @@ class Recognizer:
         self.detector = create_detector(detector) if isinstance(detector, str) else detector
         self.batch_size, self.tta, self.precision, self.align = batch_size, tta, precision, align
         self.runners = list(self.models)  # what computes each member's logits: the model, or its ONNX export
-        self.adaptation = None  # after adapt(): {"faces", "weight"}; reset() restores the runners below
+        self.adaptation = None  # after adapt(): {"faces", "weight", "class_prior"}; reset() restores the runners below
         self._unadapted = None
+        self._class_weights = None  # after adapt(): per-class factors from the training prior to the faces' prior
         if self.backend == "onnx" and not all(isinstance(m, OnnxModel) for m in self.models):
             try:
                 self.runners = [m if isinstance(m, OnnxModel) else self._torch("exporting to ONNX").exported(m)
@@ -204,7 +205,8 @@ class Recognizer:
                                 precision=self.precision, channels_last=self.channels_last,
                                 check=lambda n, i=i: self._check_scores(i, n))
                        for i, runner in enumerate(self.runners))
-        return numpyloop.ensemble_mean(members)
+        probs = numpyloop.ensemble_mean(members)
+        return probs if self._class_weights is None else reweight(probs, self._class_weights)
 
     def _forward(self, i: int):
         runner = self.runners[i]
@@ -281,23 +283,28 @@ class Recognizer:
         return pandas.DataFrame(rows, columns=columns)
 
     # ---- adaptation to the user's faces ---------------------------------------------------
-    def adapt(self, images, color: str = "rgb", recursive: bool = True) -> "Recognizer":
+    def adapt(self, images, color: str = "rgb", recursive: bool = True, prior: bool = True) -> "Recognizer":
         """Adapt the model to the faces in `images` without labels, in place; returns self.
 
         images: a path (an image or a folder, searched as predict_many does), a PIL image or array
         (a whole photo, read as predict reads it), or a list or iterable of these (e.g. a video's
-        frames, with color="bgr" for OpenCV's). Faces are found and cropped
-        as in predict; every BatchNorm layer's statistics are then blended with those of these
-        faces, the more faces the further (ferlab.inference.adapt: weight n / (n + PRIOR_FACES)). Later
-        predictions use the adapted model until reset(). FerlabError when fewer than MIN_FACES
-        faces are found, or a member cannot be adapted (an int8 export, the torch backend).
+        frames, with color="bgr" for OpenCV's). Faces are found and cropped as in predict; the
+        first BatchNorm layers' statistics are then blended with those of these faces, the more
+        faces the further (weight n / (n + PRIOR_FACES)), and predictions are re-weighted from the
+        training class prior (the card's class_prior) to the one these faces show
+        (ferlab.inference.adapt). Later predictions use the adapted model until reset(); the
+        estimated prior is in rec.adaptation["class_prior"] (None for a model without a class_prior).
+        prior=False keeps the training prior (for faces known to be mostly of one expression, whose
+        other faces the re-weighting would pull toward it).
+        FerlabError when fewer than MIN_FACES faces are found, or a member cannot be adapted (an
+        int8 export, the torch backend).
         """
         crops = [crop for pixels in _photos(images, color, recursive)
                  if (faces := self.detector.detect(pixels))
                  for crop in crop_faces_for(self.detector, pixels, faces, align=self.align, framing=self.framing)]
-        return self.adapt_faces(np.stack(crops) if crops else np.zeros((0, 48, 48), np.uint8))
+        return self.adapt_faces(np.stack(crops) if crops else np.zeros((0, 48, 48), np.uint8), prior)
 
-    def adapt_faces(self, crops) -> "Recognizer":
+    def adapt_faces(self, crops, prior: bool = True) -> "Recognizer":
         """adapt() for already-cropped faces, in any of predict_faces' forms."""
         x = faces_to_input(crops)
         if len(x) < MIN_FACES:
@@ -313,14 +320,27 @@ class Recognizer:
                 adapted.append(OnnxModel(adapt_onnx(runner.model_bytes(), x[:, None], weight, self.batch_size)))
             except FerlabError as e:
                 raise FerlabError(f"{name}: {e}") from None
-        self._unadapted, self.runners = unadapted, adapted
-        self.adaptation = {"faces": len(x), "weight": round(weight, 4)}
+        self._unadapted, self.runners, self._class_weights = unadapted, adapted, None
+        training_prior = self._training_prior() if prior else None
+        if training_prior is not None:
+            self._class_weights = class_weights(self.probabilities(x), training_prior)
+        self.adaptation = {"faces": len(x), "weight": round(weight, 4), "class_prior": None if training_prior is None else
+                           {c: round(float(v), 4) for c, v in zip(self.classes, self._class_weights * training_prior)}}
         return self
+
+    def _training_prior(self) -> np.ndarray | None:
+        """The class prior the members were trained toward (the mean of their cards' class_prior), or
+        None when a card has none."""
+        priors = [card.get("class_prior") for card in self.cards]
+        if any(p is None or len(p) != len(self.classes) for p in priors):
+            return None
+        return np.mean(np.array(priors, np.float64), axis=0)
 
     def reset(self) -> "Recognizer":
         """Undo adapt(): the models as they were loaded."""
         if self._unadapted is not None:
             self.runners, self._unadapted, self.adaptation = self._unadapted, None, None
+        self._class_weights = None
         return self
 
     def _result(self, p: np.ndarray) -> dict:

@@ -34,6 +34,7 @@ import numpy as np
 from ferlab.atomic import atomic_write, refuse_overwrite
 from ferlab.errors import FerlabError
 from ferlab.inference.images import check_writable_file, draw_faces, rounded
+from ferlab.inference.adapt import adaptation_line
 from ferlab.inference.recognizer import add_model_arguments, recognizer_from_args
 
 ADAPT_FRAMES = 300  # --adapt reads the faces of this many frames, spread over the video
@@ -297,7 +298,7 @@ def run_video(args) -> int:
     rec = recognizer_from_args(args)
     if getattr(args, "adapt", False):
         rec.adapt(sampled_frames(args.input, ADAPT_FRAMES), color="bgr")
-        print(f"ferlab video: adapted to {rec.adaptation['faces']} faces (weight {rec.adaptation['weight']})", file=sys.stderr)
+        print(f"ferlab video: {adaptation_line(rec.adaptation)}", file=sys.stderr)
     kwargs = dict(every=args.every, smooth=args.smooth)
     csv_to_stdout = args.csv == "-" or (args.csv is None and args.out is None)
     if args.csv and args.csv != "-":

@@ -23,7 +23,9 @@ B ...`) also gets each source's test-part accuracy, macro-F1 and per-class recal
 --interpolate moves the weights part of the way back to the run's --init model, BatchNorm statistics
 recomputed (posttrain/interpolate.py; `auto` chooses alpha on the run's validation faces), and
 --balance-prior folds a post-hoc logit adjustment into them (posttrain/prior.py; `auto` chooses tau
-on the run's validation faces), both before anything is measured; --cross-dataset copies the
+on the run's validation faces), both before anything is measured. The card records the class prior of
+the run's training faces (after --balance-prior, the prior the adjusted model is left with), from
+which `Recognizer.adapt` re-weights for the user's faces; --cross-dataset copies the
 held-out rows of a benchmarks/cross_dataset.py report.json into the card. A run that started from
 (`--init`) or distilled from (`--teacher`) other models records their cards' training too, read
 before anything is overwritten: the total training cost includes theirs.
@@ -52,7 +54,7 @@ from ferlab.metrics import classification_report, first_reached, source_summarie
 from ferlab.models import count_parameters
 from ferlab.inference.onnxrt import OnnxModel
 from ferlab.posttrain.interpolate import interpolate_run
-from ferlab.posttrain.prior import balance_for_run, fold_into_bias
+from ferlab.posttrain.prior import balance_for_run, fold_into_bias, rebalanced_prior, training_prior
 from ferlab.spec import card_input, to_model_input
 from ferlab.training.config import run_config, train_command
 from ferlab.training.run import BestWeights
@@ -178,6 +180,7 @@ def model_card(name: str, config: dict, meta: dict, model, run: Path, parents: d
         "model_kwargs": meta.get("model_kwargs", {}),
         "parameters": count_parameters(model),
         "classes": meta["classes"],
+        "class_prior": meta["class_prior"],
         "preprocessing": {"input": "grayscale face crop resized to 48x48 (INTER_AREA)", "scale": "pixels / 255 in [0, 1]",
                           "layout": "(N, 1, 48, 48) float32", "output": "logits over classes; softmax for probabilities"},
         "input": meta["input"],   # machine-readable: size, pixel scale, face framing (ferlab.spec.card_input)
@@ -220,6 +223,9 @@ def run(a) -> int:
         meta["interpolation"] = {"alpha": line["alpha"], "start": line["start"]}
     if balance:
         meta["prior_adjustment"] = {"tau": balance["tau"]}
+    # the class prior the shipped model was trained toward: Recognizer.adapt re-weights from it (inference/adapt.py)
+    prior = np.array(balance["prior"]) if balance else training_prior(run_config(a.run))
+    meta["class_prior"] = [round(float(v), 6) for v in rebalanced_prior(prior, balance["tau"] if balance else 0.0)]
     with torch.no_grad():  # measure exactly what ships: the float16-rounded weights
         for tensor in model.state_dict().values():
             if tensor.is_floating_point():

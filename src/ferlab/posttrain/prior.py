@@ -37,6 +37,12 @@ def rebalance(probs: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
     return (out / out.sum(1, keepdims=True)).astype(np.float32)
 
 
+def rebalanced_prior(prior: np.ndarray, tau: float) -> np.ndarray:
+    """The class prior a model re-balanced by tau still carries: prior ** (1 - tau), normalised."""
+    out = np.asarray(prior, np.float64) ** (1 - tau)
+    return out / out.sum()
+
+
 def mean_source_macro_f1(probs: np.ndarray, labels: np.ndarray, origins: np.ndarray | None, classes) -> float:
     """Macro-F1 (over the classes present) of each source's rows, averaged over the sources."""
     return mean_macro_f1(source_summaries(labels, probs.argmax(1), origins, classes))
@@ -59,6 +65,12 @@ def fold_into_bias(model: nn.Module, prior: np.ndarray, tau: float) -> None:
     with torch.no_grad():
         bias = layer.bias
         bias -= torch.as_tensor(tau * np.log(prior), dtype=bias.dtype, device=bias.device)
+
+
+def training_prior(config) -> np.ndarray:
+    """The class prior of a training config's (TrainConfig) training faces."""
+    data, train, _, _ = load_run_data(config)
+    return class_prior(train.labels, len(data.classes))
 
 
 def balance_for_run(run: Path, model: nn.Module, tau: float | None = None) -> dict:
