@@ -158,6 +158,14 @@ def markdown(title: str, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(out: Path, text: str, data: dict) -> None:
+    """The report as Markdown (printed too) and JSON, in folder `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.json", json.dumps(data, indent=1))
+    print(text)
+
+
 def train_lodo(a) -> list[str]:
     """One run per held-out source (see module doc); returns the run directories."""
     specs = source_specs(a)
@@ -237,10 +245,7 @@ def main() -> int:
     text = (f"## Cross-dataset report (TTA {a.tta}; {time.time() - t0:.0f} s)\n\n"
             + markdown("Each set held out where the model never trained on it", held_out) + "\n"
             + markdown("Same rows for every model: the seed-0 test part of each mix source", same_rows))
-    a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(a.out / "report.md", text)
-    atomic_write_text(a.out / "report.json", json.dumps({"held_out": held_out, "same_rows": same_rows}, indent=1))
-    print(text)
+    write_report(a.out, text, {"held_out": held_out, "same_rows": same_rows})
     return 0
 
 
