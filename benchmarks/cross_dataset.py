@@ -127,11 +127,11 @@ def balance_variants(spec: str, settings: list[str]) -> list[tuple[str, dict]]:
                 print(json.dumps({"model": spec, **balance}), flush=True)
             continue
         if prior is None:
-            settings_ = training_settings(spec)
-            if not settings_:
+            trained_with = training_settings(spec)
+            if not trained_with:
                 print(f"warning: {spec}: no training settings, so no class prior to re-balance for", file=sys.stderr)
                 return variants
-            prior = training_prior(config_from_file(settings_, path))
+            prior = training_prior(config_from_file(trained_with, path))
         variants.append((f"{spec} tau {float(setting):g}", {"prior": prior.tolist(), "tau": float(setting)}))
     return variants
 

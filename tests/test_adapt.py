@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from ferlab import Recognizer
-from ferlab.inference.adapt import (MIN_FACES, PRIOR_SHIFT_FACES, adapt_onnx, blend_statistics, class_weights, reweight,
-                                   target_weight)
+from ferlab.inference.adapt import (MIN_FACES, PRIOR_SHIFT_FACES, adapt_onnx, blend_statistics, class_weights, members_prior,
+                                   reweight, target_weight)
 from ferlab.errors import FerlabError
 
 
@@ -107,6 +107,14 @@ def test_more_faces_move_the_class_prior_further():
     assert 1 < few[4] < many[4]
     expected = (16 * probs[0] + PRIOR_SHIFT_FACES * TRAINING_PRIOR) / (16 + PRIOR_SHIFT_FACES) / TRAINING_PRIOR
     np.testing.assert_allclose(few, expected, rtol=1e-5)
+
+
+def test_an_ensemble_starts_from_its_members_mean_prior_and_needs_every_members():
+    other = np.full(7, 1 / 7)
+    np.testing.assert_allclose(members_prior([{"class_prior": list(TRAINING_PRIOR)}, {"class_prior": list(other)}], 7),
+                               (TRAINING_PRIOR + other) / 2)
+    assert members_prior([{"class_prior": list(TRAINING_PRIOR)}, {}], 7) is None
+    assert members_prior([{"class_prior": [0.5, 0.5]}], 7) is None   # another label space
 
 
 def test_adapt_changes_predictions_and_reset_restores_them():

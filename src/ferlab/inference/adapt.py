@@ -61,6 +61,15 @@ def class_weights(probs: np.ndarray, training_prior, prior_faces: float = PRIOR_
     return (faces_prior / prior).astype(np.float32)
 
 
+def members_prior(cards: list[dict], num_classes: int) -> np.ndarray | None:
+    """The class prior an ensemble's members were trained toward (the mean of their cards'
+    class_prior), or None when a card has none."""
+    priors = [card.get("class_prior") for card in cards]
+    if any(p is None or len(p) != num_classes for p in priors):
+        return None
+    return np.mean(np.array(priors, np.float64), axis=0)
+
+
 def adaptation_line(adaptation: dict) -> str:
     """What Recognizer.adapt did, in one line (the commands print it)."""
     line = f"adapted to {adaptation['faces']} faces (weight {adaptation['weight']})"

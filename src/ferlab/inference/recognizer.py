@@ -47,7 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ferlab.inference import numpyloop, onnxrt
-from ferlab.inference.adapt import MIN_FACES, adapt_onnx, class_weights, reweight, target_weight
+from ferlab.inference.adapt import MIN_FACES, adapt_onnx, class_weights, members_prior, reweight, target_weight
 from ferlab.bundled import WEIGHTS_DIR, check_card_classes, onnx_twin, read_card, resolve_weights
 from ferlab.errors import FerlabError
 from ferlab.inference.faces import create_detector, crop_faces_for
@@ -321,20 +321,12 @@ class Recognizer:
             except FerlabError as e:
                 raise FerlabError(f"{name}: {e}") from None
         self._unadapted, self.runners, self._class_weights = unadapted, adapted, None
-        training_prior = self._training_prior() if prior else None
-        if training_prior is not None:
+        training_prior = members_prior(self.cards, len(self.classes)) if prior else None
+        if training_prior is not None:   # estimated from the BatchNorm-adapted model's probabilities
             self._class_weights = class_weights(self.probabilities(x), training_prior)
         self.adaptation = {"faces": len(x), "weight": round(weight, 4), "class_prior": None if training_prior is None else
                            {c: round(float(v), 4) for c, v in zip(self.classes, self._class_weights * training_prior)}}
         return self
-
-    def _training_prior(self) -> np.ndarray | None:
-        """The class prior the members were trained toward (the mean of their cards' class_prior), or
-        None when a card has none."""
-        priors = [card.get("class_prior") for card in self.cards]
-        if any(p is None or len(p) != len(self.classes) for p in priors):
-            return None
-        return np.mean(np.array(priors, np.float64), axis=0)
 
     def reset(self) -> "Recognizer":
         """Undo adapt(): the models as they were loaded."""
