@@ -10,6 +10,7 @@ import torch.nn as nn
 from ferlab.cli import main as ferlab_main
 from ferlab.errors import FerlabError
 from ferlab.models import SARMAH2023_SEARCH_SPACE, count_parameters, create_model, list_models
+from ferlab.models.fernet import mix_style
 from ferlab.models.keras_init import he_normal_
 
 PAPER_MODELS = ["bah2022_basic", "bah2022_resnet", "li2023", "sarmah2023_5conv", "sarmah2023_8conv",
@@ -205,3 +206,19 @@ def test_cli_summary(capsys):
     assert "(64, 48, 48)" in out and "1,179,776" in out and "Total params (Keras-style): 2,787,015" in out
     assert ferlab_main(["models", "--name", "no_such_model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_mixstyle_mixes_face_statistics_in_training_only():
+    torch.manual_seed(0)
+    plain, mixing = create_model("fernet_s", dropout=0.0), create_model("fernet_s", dropout=0.0, mixstyle=1.0)
+    assert plain.state_dict().keys() == mixing.state_dict().keys()   # no weights: --init and exports unchanged
+    mixing.load_state_dict(plain.state_dict())
+    x = torch.rand(8, 1, 48, 48)
+    for model in (plain, mixing):
+        model.eval()
+    assert torch.equal(plain(x), mixing(x))
+    plain.train(), mixing.train()
+    assert not torch.allclose(plain(x), mixing(x), atol=1e-4)
+    # Faces with equal statistics have nothing to swap: the batch passes unchanged.
+    same = torch.rand(1, 4, 12, 12).repeat(6, 1, 1, 1)
+    assert torch.allclose(mix_style(same), same, atol=1e-5)
