@@ -5,10 +5,11 @@
         [--draws 300] [--prior-faces 0,16,64] [--out adapt_steps]
 
 Every MODEL (bundled name, run directory or weights file) is scored on each set it never trained on
-(all its faces, as benchmarks/cross_dataset.py holds it out) and on FER2013 PrivateTest, four ways:
+(all its faces, as benchmarks/cross_dataset.py holds it out) and on FER2013 PrivateTest, five ways:
 as shipped; its BatchNorm statistics adapted to those faces (`Recognizer.adapt_faces(x, prior=False)`);
-its predictions re-weighted to the class prior of those faces without the BatchNorm step; and both,
-as `Recognizer.adapt` does (ferlab/inference/adapt.py). No labels are used to adapt.
+its predictions re-weighted to the class prior of those faces without the BatchNorm step; both; and
+both with each face averaged with its mirror, as `Recognizer.adapt` ships (ferlab/inference/adapt.py,
+tta "auto"). No labels are used to adapt.
 
 Then, for the prior step alone, random draws of --sizes faces from each held-out set (--draws each):
 the mean gain in accuracy and the share of draws that lost, with the training prior counted as each
@@ -40,7 +41,7 @@ from ferlab.posttrain.prior import training_prior  # noqa: E402
 from ferlab.spec import to_model_input  # noqa: E402
 from ferlab.training.config import config_from_file  # noqa: E402
 
-WAYS = ("as shipped", "BatchNorm only", "prior only", "BatchNorm + prior")
+WAYS = ("as shipped", "BatchNorm only", "prior only", "BatchNorm + prior", "BatchNorm + prior, flip")
 
 
 def model_prior(spec: str, rec: Recognizer) -> np.ndarray:
@@ -52,14 +53,16 @@ def model_prior(spec: str, rec: Recognizer) -> np.ndarray:
     return training_prior(config_from_file(settings, Path(spec)))
 
 
-def four_ways(spec: str, x: np.ndarray, prior: np.ndarray) -> dict:
+def adapted_ways(spec: str, x: np.ndarray, prior: np.ndarray) -> dict:
     """{way: probabilities} of one model on faces x, adapted to x where the way says so."""
-    rec = Recognizer([spec], detector="none", backend="onnx")
+    rec = Recognizer([spec], detector="none", backend="onnx", tta="none")
     raw = rec.probabilities(x)
     batchnorm = rec.adapt_faces(x, prior=False).probabilities(x)
+    shipped = Recognizer([spec], detector="none", backend="onnx").adapt_faces(x).probabilities(x)   # tta auto: flip
     return {"as shipped": raw, "BatchNorm only": batchnorm,
             "prior only": reweight(raw, class_weights(raw, prior)),
-            "BatchNorm + prior": reweight(batchnorm, class_weights(batchnorm, prior))}
+            "BatchNorm + prior": reweight(batchnorm, class_weights(batchnorm, prior)),
+            "BatchNorm + prior, flip": shipped}
 
 
 def draws(probs, labels, prior, sizes, count, prior_faces, seed=0) -> dict:
@@ -103,7 +106,7 @@ def main() -> int:
             if rows_name.startswith("seen"):
                 continue
             x, labels = to_model_input(data.images[mask]), data.labels[mask]
-            ways = four_ways(spec, x, prior)
+            ways = adapted_ways(spec, x, prior)
             for way, probs in ways.items():
                 rows.append({"model": spec, "set": name, "rows": rows_name, "way": way,
                              **summary(labels, probs.argmax(1), FER2013_CLASSES)})

@@ -22,7 +22,9 @@ sources given besides FER2013, on FER2013 + the others with that one held out, e
 ARGS --data ...` into --runs/<held-out>/ (resumed if killed), then scores them next to the MODELs.
 
 --adapt also scores every model adapted to the faces it is scored on, without their labels
-(`Recognizer.adapt_faces`, ferlab/inference/adapt.py), as `ferlab predict DIR --adapt` would.
+(`Recognizer.adapt_faces`, ferlab/inference/adapt.py), as `ferlab predict DIR --adapt` would: with
+--tta auto (the default, the Recognizer's) the adapted model averages each face with its mirror and
+the others see each face once.
 
 --balance-prior auto,0.2,0.4 also scores each model re-balanced for its training class prior
 (ferlab/posttrain/prior.py), as `ferlab bundle --balance-prior` ships it: `auto` with tau chosen on a run
@@ -194,7 +196,8 @@ def main() -> int:
     p.add_argument("--muxspace", help="the muxspace48 folder")
     p.add_argument("--tpe", help="the taiwanese_tpe folder")
     p.add_argument("--adapt", action="store_true", help="also score each model adapted to the faces it is scored on")
-    p.add_argument("--tta", default="none", help="none, flip or tencrop")
+    p.add_argument("--tta", default="auto", choices=("auto", "none", "flip", "tencrop"),
+                   help="auto: flip for adapted models (as the Recognizer does), none for the others")
     p.add_argument("--train", help="`ferlab train` options for the leave-one-data-set-out models (needs --runs)")
     p.add_argument("--runs", help="where the --train runs go (one subfolder per held-out source)")
     p.add_argument("--balance-prior", metavar="auto,TAU,...", default="",
@@ -230,7 +233,7 @@ def main() -> int:
             if test_part is not None:
                 parts.append((same_rows, "seed-0 test part", test_part))
             scored = np.logical_or.reduce([mask for _, _, mask in parts])
-            model_probs = evaluate_models(members, data.images[scored], tta=a.tta)[0]
+            model_probs = evaluate_models(members, data.images[scored], tta="none" if a.tta == "auto" else a.tta)[0]
             for label, balance in variants:
                 pred = np.zeros(len(data), np.int64)
                 probs = adapted_probs(members, data.images[scored], a.tta) if balance == "adapt" else \

@@ -129,6 +129,22 @@ def test_adapt_changes_predictions_and_reset_restores_them():
     assert rec.adaptation is None
 
 
+def test_an_adapted_recognizer_averages_each_face_with_its_mirror():
+    """tta "auto" (the default): one view until adapt, each face and its mirror once adapted (the class
+    prior estimated so too), one view again after reset; an explicit tta is kept either way."""
+    faces = shifted_faces(64)
+    auto, flip, single = (Recognizer(backend="onnx", tta=t) for t in ("auto", "flip", "none"))
+    assert auto.tta == "auto" and auto.active_tta == "none"
+    np.testing.assert_array_equal(auto.probabilities(faces), single.probabilities(faces))
+    for rec in (auto, flip, single):
+        rec.adapt_faces(faces)
+    assert (auto.active_tta, single.active_tta) == ("flip", "none")
+    np.testing.assert_allclose(auto.probabilities(faces), flip.probabilities(faces), atol=1e-6)
+    assert auto.adaptation["class_prior"] == flip.adaptation["class_prior"] != single.adaptation["class_prior"]
+    assert np.abs(auto.probabilities(faces) - single.probabilities(faces)).max() > 1e-3
+    assert auto.reset().active_tta == "none"
+
+
 def test_adapt_estimates_the_prior_of_the_faces_from_the_models_own_probabilities():
     """The bundled default carries its training prior; the faces' prior is the mean of what the
     BatchNorm-adapted model says about them, blended with the training prior as PRIOR_SHIFT_FACES faces."""

@@ -4,7 +4,8 @@
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     rec.predict_frame(["a.jpg", "b.jpg"])   # a pandas DataFrame, one row per face (pandas optional)
-    rec.adapt("my_photos/")                 # re-estimate BatchNorm and class prior on these faces, no labels (inference.adapt)
+    rec.adapt("my_photos/")                 # re-estimate BatchNorm and class prior on these faces, no labels (inference.adapt);
+                                            # from then on each face is averaged with its mirror (tta "auto")
     rec.reset()                             # back to the model as loaded
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
     Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
@@ -29,10 +30,8 @@ RGBA HxWx4), any size, decoded and converted by ferlab.inference.images; boxes a
 upright (EXIF-oriented) image at its full size. Images smaller than 8 px on a side, and images
 without a face, give []. Faces are cropped with the framing the models' cards name (rec.framing:
 crop_scale, crop_shift; ferlab.spec.card_input, spec's defaults for older cards), mapped onto the
-detector's boxes, and scaled to the model input by ferlab.spec.to_model_input.
-
-`add_model_arguments` and `recognizer_from_args` are the model options of every command that
-recognises (predict, video, webcam, serve).
+detector's boxes, and scaled to the model input by ferlab.spec.to_model_input. `add_model_arguments`
+and `recognizer_from_args` are the model options of every command that recognises (predict, video, ...).
 """
 
 from __future__ import annotations
@@ -65,40 +64,40 @@ BACKENDS = ("torch", "onnx", "auto")
 class Recognizer:
     """Faces -> expression probabilities with one model (or an ensemble) and one face detector.
 
-    model: "default" (bundled), "default-int8" (its bundled int8 ONNX export), "ferplus" (the bundled
-    8-class FER+ model; "ferplus-int8"), "general" (the fine-tune on FER2013, muxspace48, CK+48
-    and taiwanese_tpe that `default` is 0.4 of the way to: stronger on posed and web photos; "general-int8"),
-    a run directory, a .safetensors file, an .onnx file
-    written by `ferlab export`, or an nn.Module (then pass classes); or a list of these: an
-    ensemble whose probabilities are the mean of its members' (each with the same tta). Members
-    must name the same classes, else a FerlabError names the first that does not. rec.models and
-    rec.cards list the members; rec.model and rec.card are the first (the only one for a single
-    model). detector: a name for `create_detector` or a Detector. device: "cpu", "cuda", "auto".
-    tta: "none", "flip" (average the probabilities of each face and its mirror image) or
-    "tencrop" (ten views: the corner and centre 44x44 crops, resized to 48, and their mirrors;
-    10x the classifier work). See ferlab.inference.tta.
-    precision: "fp32" (default) or "bf16" autocast (2-3x the faces/s on CPUs with AMX or
-    AVX512-BF16, see benchmarks/inference_speed.py; probabilities move by up to ~1e-2). Refused
-    where the hardware has no native bf16: emulated, it ran 7.6x slower than fp32 on an AVX2 CPU.
-    channels_last: NHWC memory layout (default on: 1.2-1.5x faster on CPU, same fp32 results
-    up to summation order, ~1e-6).
-    backend: "torch", "onnx" (the classifier exported to ONNX in memory when the
-    Recognizer is created, ~0.3 s per model, and run by onnxruntime, one session per ensemble
-    member: fp32 only, CPU only; probabilities within ~1e-6 of torch's) or "auto", the default
-    (onnx when onnxruntime is importable, the device is the CPU, precision is fp32 and every
-    model exports, else torch). Why: onnxruntime ran fernet_s ~3x faster than PyTorch fp32 eager
-    at one face per call (a photo, a webcam frame: 364 vs 115 faces/s on one thread) and ~2.5x at
-    batch 256 (425 vs 172), with the same probabilities to ~1e-6 (benchmarks/backends.py). The
-    export happens once per Recognizer, in memory: no cache file to invalidate or race on; bundled
-    weights with an fp32 ONNX twin (default -> default-fp32.onnx) load the twin instead, without
-    torch. Sessions use --threads (ferlab.inference.onnxrt.default_threads) and are safe to call from several
-    threads. Members loaded from .onnx files run in onnxruntime whatever the backend.
+    model: "default" (bundled), "default-int8" (its bundled int8 ONNX export), "ferplus" (the bundled 8-class
+    FER+ model; "ferplus-int8"), "general" (the fine-tune on FER2013, muxspace48, CK+48 and taiwanese_tpe that
+    `default` is 0.4 of the way to: stronger on posed and web photos; "general-int8"), a run directory, a
+    .safetensors file, an .onnx file written by `ferlab export`, or an nn.Module (then pass classes); or a list
+    of these: an ensemble whose probabilities are the mean of its members' (each with the same tta). Members
+    must name the same classes, else a FerlabError names the first that does not. rec.models and rec.cards list
+    the members; rec.model and rec.card are the first (the only one for a single model). detector: a name for
+    `create_detector` or a Detector. device: "cpu", "cuda", "auto".
+    tta: "none", "flip" (average the probabilities of each face and its mirror image), "tencrop" (ten views: the
+    corner and centre 44x44 crops, resized to 48, and their mirrors; 10x the classifier work; see
+    ferlab.inference.tta) or "auto", the default: "none" until adapt(), "flip" once adapted (adapted models of
+    six leave-one-source-out folds gained with flip on five held-out sets, lost one face in 1,232 on the sixth,
+    and gained 0.6-1.2 points on FER2013; unadapted, flip lost 0.25 on one of three: docs/experiments.md).
+    precision: "fp32" (default) or "bf16" autocast (2-3x the faces/s on CPUs with AMX or AVX512-BF16, see
+    benchmarks/inference_speed.py; probabilities move by up to ~1e-2). Refused where the hardware has no native
+    bf16: emulated, it ran 7.6x slower than fp32 on an AVX2 CPU. channels_last: NHWC memory layout (default on:
+    1.2-1.5x faster on CPU, same fp32 results up to summation order, ~1e-6).
+    backend: "torch", "onnx" (the classifier exported to ONNX in memory when the Recognizer is created, ~0.3 s
+    per model, and run by onnxruntime, one session per ensemble member: fp32 only, CPU only; probabilities
+    within ~1e-6 of torch's) or "auto", the default (onnx when onnxruntime is importable, the device is the CPU,
+    precision is fp32 and every model exports, else torch). Why: onnxruntime ran fernet_s ~3x faster than
+    PyTorch fp32 eager at one face per call (a photo, a webcam frame: 364 vs 115 faces/s on one thread) and
+    ~2.5x at batch 256 (425 vs 172), with the same probabilities to ~1e-6 (benchmarks/backends.py). The export
+    happens once per Recognizer, in memory: no cache file to invalidate or race on; bundled weights with an fp32
+    ONNX twin (default -> default-fp32.onnx) load the twin instead, without torch. Sessions use --threads
+    (ferlab.inference.onnxrt.default_threads) and are safe to call from several threads. Members loaded from
+    .onnx files run in onnxruntime whatever the backend.
     """
 
-    def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "none",
+    def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "auto",
                  precision: str = "fp32", channels_last: bool = True, classes=None, align: bool = True,
                  backend: str = "auto"):
-        check_tta(tta)
+        if tta != "auto":
+            check_tta(tta)
         if precision not in PRECISIONS:
             raise FerlabError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
         if batch_size < 1:
@@ -197,16 +196,21 @@ class Recognizer:
             return np.empty((0, len(self.classes)), np.float32)
         x = np.asarray(x, np.float32)
         if self.backend == "onnx":  # every runner is an OnnxModel: NumPy in, NumPy out, no torch
-            members = (numpyloop.batched_probs(self._forward(i), x, self.tta, self.batch_size)
+            members = (numpyloop.batched_probs(self._forward(i), x, self.active_tta, self.batch_size)
                        for i in range(len(self.runners)))
         else:
             tb = self._torch("the torch backend")
-            members = (tb.probs(runner, x, tta=self.tta, batch_size=self.batch_size, device=self.device,
+            members = (tb.probs(runner, x, tta=self.active_tta, batch_size=self.batch_size, device=self.device,
                                 precision=self.precision, channels_last=self.channels_last,
                                 check=lambda n, i=i: self._check_scores(i, n))
                        for i, runner in enumerate(self.runners))
         probs = numpyloop.ensemble_mean(members)
         return probs if self._class_weights is None else reweight(probs, self._class_weights)
+
+    @property
+    def active_tta(self) -> str:
+        """The test-time augmentation predictions use now (tta "auto": flip once adapted, else none)."""
+        return self.tta if self.tta != "auto" else "none" if self._unadapted is None else "flip"
 
     def _forward(self, i: int):
         runner = self.runners[i]
@@ -286,18 +290,17 @@ class Recognizer:
     def adapt(self, images, color: str = "rgb", recursive: bool = True, prior: bool = True) -> "Recognizer":
         """Adapt the model to the faces in `images` without labels, in place; returns self.
 
-        images: a path (an image or a folder, searched as predict_many does), a PIL image or array
-        (a whole photo, read as predict reads it), or a list or iterable of these (e.g. a video's
-        frames, with color="bgr" for OpenCV's). Faces are found and cropped as in predict; the
-        first BatchNorm layers' statistics are then blended with those of these faces, the more
-        faces the further (weight n / (n + PRIOR_FACES)), and predictions are re-weighted from the
-        training class prior (the card's class_prior) to the one these faces show
-        (ferlab.inference.adapt). Later predictions use the adapted model until reset(); the
+        images: a path (an image or a folder, searched as predict_many does), a PIL image or array (a whole
+        photo, read as predict reads it), or a list or iterable of these (e.g. a video's frames, with
+        color="bgr" for OpenCV's). Faces are found and cropped as in predict; the first BatchNorm layers'
+        statistics are then blended with those of these faces, the more faces the further (weight n / (n +
+        PRIOR_FACES)), and predictions are re-weighted from the training class prior (the card's class_prior) to
+        the one these faces show (ferlab.inference.adapt), with each face averaged with its mirror under tta
+        "auto" (the prior estimated so too). Later predictions use the adapted model until reset(); the
         estimated prior is in rec.adaptation["class_prior"] (None for a model without a class_prior).
-        prior=False keeps the training prior (for faces known to be mostly of one expression, whose
-        other faces the re-weighting would pull toward it).
-        FerlabError when fewer than MIN_FACES faces are found, or a member cannot be adapted (an
-        int8 export, the torch backend).
+        prior=False keeps the training prior (for faces known to be mostly of one expression, whose other faces
+        the re-weighting would pull toward it). FerlabError when fewer than MIN_FACES faces are found, or a
+        member cannot be adapted (an int8 export, the torch backend).
         """
         crops = [crop for pixels in _photos(images, color, recursive)
                  if (faces := self.detector.detect(pixels))
@@ -420,8 +423,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "repeat (--model A --model B) for an ensemble that averages their probabilities")
     parser.add_argument("--detector", default="auto", choices=["auto", "blazeface", "haar", "none", "full"],
                         help="face detector: auto = blazeface (bundled); haar = OpenCV's cascade; none/full = image is one face")
-    parser.add_argument("--tta", default="none", choices=TTA_MODES,
-                        help="test-time augmentation: flip averages each face with its mirror, tencrop over 10 crops")
+    parser.add_argument("--tta", default="auto", choices=("auto",) + TTA_MODES,
+                        help="test-time augmentation: flip averages each face with its mirror, tencrop over 10 crops; "
+                             "auto (default): flip once adapted (--adapt), else none")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="bf16 autocast: 2-3x faster on CPUs with AMX or AVX-512 BF16, refused on others")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
