@@ -74,9 +74,9 @@ class Recognizer:
     `create_detector` or a Detector. device: "cpu", "cuda", "auto".
     tta: "none", "flip" (average the probabilities of each face and its mirror image), "tencrop" (ten views: the
     corner and centre 44x44 crops, resized to 48, and their mirrors; 10x the classifier work; see
-    ferlab.inference.tta) or "auto", the default: "none" until adapt(), "flip" once adapted (adapted models of
-    six leave-one-source-out folds gained with flip on five held-out sets, lost one face in 1,232 on the sixth,
-    and gained 0.6-1.2 points on FER2013; unadapted, flip lost 0.25 on one of three: docs/experiments.md).
+    ferlab.inference.tta) or "auto", the default: "none" until adapt(), "flip" once adapted (adapted fold models
+    gained with flip on seven of nine held-out sets, lost one face in 1,232 on the other two, and gained 0.1-1.2
+    points on FER2013; unadapted, flip lost 0.25 on one of three: docs/experiments.md).
     precision: "fp32" (default) or "bf16" autocast (2-3x the faces/s on CPUs with AMX or AVX512-BF16, see
     benchmarks/inference_speed.py; probabilities move by up to ~1e-2). Refused where the hardware has no native
     bf16: emulated, it ran 7.6x slower than fp32 on an AVX2 CPU. channels_last: NHWC memory layout (default on:
