@@ -51,6 +51,7 @@ from ferlab.checkpoint import load_model  # noqa: E402
 from ferlab.data import load_dataset  # noqa: E402
 from ferlab.data.mix import mix_splits, source_name, to_fer2013_classes  # noqa: E402
 from ferlab.evaluate import evaluate_models  # noqa: E402
+from ferlab.inference.recognizer import RECOGNIZER_TTA  # noqa: E402
 from ferlab.labels import FER2013_CLASSES  # noqa: E402
 from ferlab.metrics import summary  # noqa: E402
 from ferlab.posttrain.prior import balance_for_run, rebalance, training_prior  # noqa: E402
@@ -196,7 +197,7 @@ def main() -> int:
     p.add_argument("--muxspace", help="the muxspace48 folder")
     p.add_argument("--tpe", help="the taiwanese_tpe folder")
     p.add_argument("--adapt", action="store_true", help="also score each model adapted to the faces it is scored on")
-    p.add_argument("--tta", default="auto", choices=("auto", "none", "flip", "tencrop"),
+    p.add_argument("--tta", default="auto", choices=RECOGNIZER_TTA,
                    help="auto: flip for adapted models (as the Recognizer does), none for the others")
     p.add_argument("--train", help="`ferlab train` options for the leave-one-data-set-out models (needs --runs)")
     p.add_argument("--runs", help="where the --train runs go (one subfolder per held-out source)")

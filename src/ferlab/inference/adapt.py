@@ -24,12 +24,13 @@ faces hold their own mix (a posed set about as many of each, a set of portraits 
 The faces' prior is estimated as the mean of the adapted model's probabilities over them, blended
 with the training prior by how many faces there are (weight n / (n + PRIOR_SHIFT_FACES)), and each
 prediction is re-weighted by faces' prior / training prior (Saerens et al. 2002). One step of their
-EM only: iterated, it runs away (CK+48 72.9% -> 36.2%), even on FER2013's own PrivateTest, whose
-mix is the training one (71.0% -> 59.4% in 30 steps). A temperature does not fix it (1.0 fits
-PublicTest best): label smoothing puts a floor under every class, so a rare class's mean
-probability sits above its frequency (disgust 0.028 against 0.015), and every step compounds that. One step gained on every leave-one-source-out fold of the shipped recipe
-(docs/experiments.md). The training prior is the card's `class_prior` (ferlab bundle writes
-it); a model without one is adapted in its BatchNorm layers only.
+EM only: iterated, it runs away (CK+48 72.9% -> 36.2%), even on FER2013's own PrivateTest, whose mix
+is the training one (71.0% -> 59.4% in 30 steps). A temperature does not fix it (1.0 fits PublicTest
+best): label smoothing puts a floor under every class, so a rare class's mean probability sits above
+its frequency (disgust 0.028 against 0.015), and every step compounds that. One step gained on every
+leave-one-source-out fold of the shipped recipe (docs/experiments.md). The training prior is the
+card's `class_prior` (ferlab bundle writes it); a model without one is adapted in its BatchNorm
+layers only.
 
 This runs on onnxruntime with the onnx package: no PyTorch. A model is adapted as ONNX bytes whose
 BatchNormalization nodes are kept (every fp32 export: ferlab.posttrain.export keeps them; int8 exports fold

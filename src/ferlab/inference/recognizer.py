@@ -4,8 +4,7 @@
     rec.predict("photo.jpg")                # -> [{"box", "score", "label", "confidence", "probs"}]
     rec.predict_faces(crops)                # already-cropped faces -> [{"label", "confidence", "probs"}]
     rec.predict_frame(["a.jpg", "b.jpg"])   # a pandas DataFrame, one row per face (pandas optional)
-    rec.adapt("my_photos/")                 # re-estimate BatchNorm and class prior on these faces, no labels (inference.adapt);
-                                            # from then on each face is averaged with its mirror (tta "auto")
+    rec.adapt("my_photos/")                 # BatchNorm and class prior fitted to these faces, no labels; then + mirror view
     rec.reset()                             # back to the model as loaded
     Recognizer(backend="onnx")              # classifier run by onnxruntime (see Recognizer)
     Recognizer("default-int8")              # the default model's int8 export: ~2x the faces/s on AVX2 CPUs
@@ -52,13 +51,14 @@ from ferlab.errors import FerlabError
 from ferlab.inference.faces import create_detector, crop_faces_for
 from ferlab.inference.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
 from ferlab.labels import check_same_classes
-from ferlab.inference.numpyloop import TTA_MODES, check_tta
+from ferlab.inference.numpyloop import TTA_MODES
 from ferlab.inference.onnxrt import OnnxModel, load_onnx
 from ferlab.spec import CLASSES, card_input, to_model_input
 
 TORCH_HINT = 'pip install "ferlab[train]"'
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnx", "auto")
+RECOGNIZER_TTA = ("auto",) + TTA_MODES   # auto: flip once adapted, else none (Recognizer)
 
 
 class Recognizer:
@@ -96,8 +96,8 @@ class Recognizer:
     def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "auto",
                  precision: str = "fp32", channels_last: bool = True, classes=None, align: bool = True,
                  backend: str = "auto"):
-        if tta != "auto":
-            check_tta(tta)
+        if tta not in RECOGNIZER_TTA:
+            raise FerlabError(f"unknown tta {tta!r} (known: {', '.join(RECOGNIZER_TTA)})")
         if precision not in PRECISIONS:
             raise FerlabError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
         if batch_size < 1:
@@ -423,7 +423,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "repeat (--model A --model B) for an ensemble that averages their probabilities")
     parser.add_argument("--detector", default="auto", choices=["auto", "blazeface", "haar", "none", "full"],
                         help="face detector: auto = blazeface (bundled); haar = OpenCV's cascade; none/full = image is one face")
-    parser.add_argument("--tta", default="auto", choices=("auto",) + TTA_MODES,
+    parser.add_argument("--tta", default="auto", choices=RECOGNIZER_TTA,
                         help="test-time augmentation: flip averages each face with its mirror, tencrop over 10 crops; "
                              "auto (default): flip once adapted (--adapt), else none")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
