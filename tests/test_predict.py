@@ -91,7 +91,7 @@ def test_bad_arrays_and_options(recognizer, fernet_weights):
         recognizer.predict(np.zeros((10, 10, 5), np.uint8))
     with pytest.raises(FerlabError, match="expected a path"):
         recognizer.predict(12)
-    with pytest.raises(FerlabError, match=r"unknown tta 'rotate' \(known: none, flip, tencrop\)"):
+    with pytest.raises(FerlabError, match=r"unknown tta 'rotate' \(known: auto, none, flip, tencrop\)"):
         Recognizer(fernet_weights, tta="rotate")
     with pytest.raises(FerlabError, match="detector"):
         Recognizer(fernet_weights, detector="yolo")
