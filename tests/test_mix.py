@@ -176,6 +176,26 @@ def test_source_weights_change_what_an_epoch_draws(sources):
         fit(tiny(sources["fer"], source_weights="fer2013=2", epochs=1), sources_dir(sources) / "bad2")
 
 
+def test_source_batches_hold_one_source_each_and_draw_every_face_once(sources, tmp_path, monkeypatch):
+    from ferlab.training import loop
+    _, train, _, _ = load_run_data(tiny([sources["fer"], sources["wild"], sources["ck"]]))
+    origin = torch.from_numpy(np.unique(train.origins, return_inverse=True)[1].ravel())
+    gen = torch.Generator().manual_seed(0)
+    batches = loop.source_batches(torch.randperm(len(train), generator=gen), origin, 32, gen)
+    assert len(batches) == loop.batch_count(len(train), 32, origin)
+    assert all(len(origin[b].unique()) == 1 and 1 < len(b) <= 32 for b in batches)
+    drawn = torch.cat(batches)
+    assert len(drawn.unique()) == len(drawn) >= len(train) - 3   # at most one left-out face per source
+    assert len({origin[b[0]].item() for b in batches[:6]}) > 1   # the sources' batches are shuffled together
+    seen, real = [], loop.source_batches
+    monkeypatch.setattr(loop, "source_batches", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    fit(tiny([sources["fer"], sources["ck"]], epochs=1, source_batches=True), tmp_path / "run", log=lambda *a: None)
+    assert len(seen) == 1 and len(seen[0]) > 1   # the epoch drew its batches by source
+    for bad in (dict(data=sources["fer"]), dict(data=[sources["fer"], sources["ck"]], source_weights="CK+48=2")):
+        with pytest.raises(FerlabError, match="--source-batches"):
+            TrainConfig(source_batches=True, **bad)
+
+
 def sources_dir(sources):
     return Path(sources["fer"]).parent
 

@@ -42,6 +42,8 @@ class TrainConfig:
                                      "on the row's own label (1: votes only)")
     source_weights: str = option("", "in a mix: NAME=W,... multiplies the chance each face of source NAME is drawn "
                                      "(faces are then drawn with replacement); unnamed sources 1")
+    source_batches: bool = option(False, "in a mix: every batch holds faces of one source, so that BatchNorm normalises "
+                                         "each source by its own statistics in training, as Recognizer.adapt does at test time")
     logit_adjust: float = option(0.0, "tau of logit-adjusted loss (Menon et al. 2021): the loss sees logits + "
                                       "tau * log(class prior of the training faces); predictions do not; 0: off")
     model_kwargs: dict = field(default_factory=dict)
@@ -107,6 +109,9 @@ class TrainConfig:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
         if self.folds or self.fold:
             check_fold(self.folds, self.fold)
+        if self.source_batches and (self.source_weights or not isinstance(self.data, list)):
+            raise FerlabError("--source-batches groups the faces of a mix (several --data) by source, each drawn once "
+                              "an epoch: it does not combine with --source-weights")
         if self.recalibrate_bn < 0:
             raise FerlabError("--recalibrate-bn is a number of training faces: >= 0 (0: off)")
         if not 0 <= self.average_from < 1:

@@ -40,6 +40,23 @@ class EpochSetup:
     dist: Dist = field(default_factory=Dist)
     sample_weights: torch.Tensor | None = None
     logit_offset: torch.Tensor | None = None
+    batch_sources: torch.Tensor | None = None    # (N,) source index of each face: --source-batches
+
+
+def source_batches(order: torch.Tensor, sources: torch.Tensor, batch_size: int, gen: torch.Generator,
+                   world: int = 1) -> list[torch.Tensor]:
+    """`order` cut into batches that each hold faces of one source (in order's order), the batches
+    shuffled; a source's last batch of one face per process is left out (it breaks BatchNorm)."""
+    batches = [b for s in sources.unique() for b in order[sources[order] == s].split(batch_size) if len(b) > world]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def batch_count(n_faces: int, batch_size: int, sources: torch.Tensor | None = None) -> int:
+    """How many batches an epoch of train_one_epoch takes in one process (its learning-rate schedule's steps)."""
+    if sources is None:
+        return math.ceil(n_faces / batch_size)
+    counts = torch.bincount(sources).tolist()
+    return sum(math.ceil(n / batch_size) - (n % batch_size == 1) for n in counts if n > 1)
 
 
 def train_one_epoch(model, optimizer, setup: EpochSetup, desc: str = "train") -> dict:
@@ -52,15 +69,17 @@ def train_one_epoch(model, optimizer, setup: EpochSetup, desc: str = "train") ->
         order = torch.randperm(len(setup.images), generator=gen)
     else:
         order = torch.multinomial(setup.sample_weights, len(setup.images), replacement=True, generator=gen)
-    if 0 < len(order) % cfg.batch_size <= dist.world < len(order):
-        order = order[:-(len(order) % cfg.batch_size)]  # a last batch of one face per process breaks BatchNorm
-    n_batches = math.ceil(len(order) / cfg.batch_size)
+    if setup.batch_sources is not None:
+        batches = source_batches(order, setup.batch_sources, cfg.batch_size, gen, dist.world)
+    else:
+        if 0 < len(order) % cfg.batch_size <= dist.world < len(order):
+            order = order[:-(len(order) % cfg.batch_size)]  # a last batch of one face per process breaks BatchNorm
+        batches = list(order.split(cfg.batch_size))
     weight = None if setup.class_weights is None else setup.class_weights.to(device)
     offset = 0.0 if setup.logit_offset is None else setup.logit_offset.to(device)
     loss_sum = correct = seen = 0.0
-    bar = tqdm(range(n_batches), desc=desc, leave=False, disable=not dist.main, mininterval=1 if sys.stderr.isatty() else 30)
-    for b in bar:
-        batch = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+    bar = tqdm(batches, desc=desc, leave=False, disable=not dist.main, mininterval=1 if sys.stderr.isatty() else 30)
+    for b, batch in enumerate(bar):
         params = sample_params(augment, len(batch), gen)  # drawn for the global batch on every rank
         local = slice(dist.rank, None, dist.world)
         batch = batch[local]

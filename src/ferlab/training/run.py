@@ -12,7 +12,6 @@ import csv
 import errno
 import io
 import json
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,7 @@ from ferlab.training.backend import deterministic_kernels, training_faces
 from ferlab.training.config import TrainConfig, normalized_config, parse_source_weights, saved_config, shown_setting
 from ferlab.training.distributed import Dist, for_data_parallel, init_distributed, is_main_process
 from ferlab.training.losses import balanced_class_weights, logit_offset
-from ferlab.training.loop import EpochSetup, evaluate_split, train_one_epoch
+from ferlab.training.loop import EpochSetup, batch_count, evaluate_split, train_one_epoch
 from ferlab.training.optim import EarlyStopping, average_update_fn, build_optimizer, build_scheduler
 from ferlab.training.runlock import run_lock
 from ferlab.training.transfer import load_init_weights, load_teachers
@@ -202,6 +201,13 @@ def source_sample_weights(cfg: TrainConfig, train) -> torch.Tensor | None:
     return torch.tensor([named.get(o, 1.0) for o in train.origins.tolist()], dtype=torch.float64)
 
 
+def training_sources(train) -> torch.Tensor:
+    """--source-batches: each training face's source, as an index."""
+    if train.origins is None:
+        raise FerlabError("--source-batches groups the faces of a mix by source: give several --data")
+    return torch.from_numpy(np.unique(train.origins, return_inverse=True)[1].astype(np.int64).ravel())
+
+
 def build_parts(cfg: TrainConfig, train, classes, device, d: Dist, init: bool, log) -> Parts:
     images = training_faces(train.images, device)   # on a GPU for the whole run, when they fit
     targets = training_targets(cfg, train).to(images.device)
@@ -218,7 +224,8 @@ def build_parts(cfg: TrainConfig, train, classes, device, d: Dist, init: bool, l
     if cfg.compile:
         train_model = torch.compile(train_model)   # model keeps its parameter names for the state dicts
     optimizer = build_optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(images) / cfg.batch_size)
+    batch_sources = training_sources(train) if cfg.source_batches else None
+    steps_per_epoch = batch_count(len(images), cfg.batch_size, batch_sources)
     scheduler, step_scheduler = build_scheduler(cfg, optimizer, steps_per_epoch)
     weights = balanced_class_weights(train.labels, len(classes)) if cfg.class_weights == "balanced" else None
     stopper = EarlyStopping(cfg.early_stop_monitor, cfg.early_stop_patience)
@@ -228,7 +235,7 @@ def build_parts(cfg: TrainConfig, train, classes, device, d: Dist, init: bool, l
     average = AveragedModel(eval_model, multi_avg_fn=average_update_fn(None), use_buffers=True) if cfg.average_from else None
     setup = EpochSetup(cfg, images, targets, device, gen, scheduler=scheduler, step_scheduler=step_scheduler,
                        class_weights=weights, ema=ema, teachers=teachers, dist=d, sample_weights=sample_weights,
-                       logit_offset=offset)
+                       logit_offset=offset, batch_sources=batch_sources)
     return Parts(model, train_model, eval_model, optimizer, average, average_start, stopper, setup, steps_per_epoch)
 
 
