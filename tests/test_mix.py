@@ -178,8 +178,9 @@ def test_source_weights_change_what_an_epoch_draws(sources):
 
 def test_source_batches_hold_one_source_each_and_draw_every_face_once(sources, tmp_path, monkeypatch):
     from ferlab.training import loop
+    from ferlab.training.run import training_sources
     _, train, _, _ = load_run_data(tiny([sources["fer"], sources["wild"], sources["ck"]]))
-    origin = torch.from_numpy(np.unique(train.origins, return_inverse=True)[1].ravel())
+    origin = training_sources(train)
     gen = torch.Generator().manual_seed(0)
     batches = loop.source_batches(torch.randperm(len(train), generator=gen), origin, 32, gen)
     assert len(batches) == loop.batch_count(len(train), 32, origin)
@@ -191,9 +192,10 @@ def test_source_batches_hold_one_source_each_and_draw_every_face_once(sources, t
     monkeypatch.setattr(loop, "source_batches", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     fit(tiny([sources["fer"], sources["ck"]], epochs=1, source_batches=True), tmp_path / "run", log=lambda *a: None)
     assert len(seen) == 1 and len(seen[0]) > 1   # the epoch drew its batches by source
-    for bad in (dict(data=sources["fer"]), dict(data=[sources["fer"], sources["ck"]], source_weights="CK+48=2")):
-        with pytest.raises(FerlabError, match="--source-batches"):
-            TrainConfig(source_batches=True, **bad)
+    with pytest.raises(FerlabError, match="--source-batches"):
+        TrainConfig(data=[sources["fer"], sources["ck"]], source_batches=True, source_weights="CK+48=2")
+    with pytest.raises(FerlabError, match="several --data"):
+        fit(tiny(sources["fer"], source_batches=True, epochs=1), sources_dir(sources) / "bad3")
 
 
 def sources_dir(sources):

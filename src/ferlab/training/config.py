@@ -109,9 +109,8 @@ class TrainConfig:
             raise FerlabError("--epochs and --batch-size must be >= 1, --lr > 0 and --train-fraction in (0, 1]")
         if self.folds or self.fold:
             check_fold(self.folds, self.fold)
-        if self.source_batches and (self.source_weights or not isinstance(self.data, list)):
-            raise FerlabError("--source-batches groups the faces of a mix (several --data) by source, each drawn once "
-                              "an epoch: it does not combine with --source-weights")
+        if self.source_batches and self.source_weights:
+            raise FerlabError("--source-batches draws every face once an epoch: it does not combine with --source-weights")
         if self.recalibrate_bn < 0:
             raise FerlabError("--recalibrate-bn is a number of training faces: >= 0 (0: off)")
         if not 0 <= self.average_from < 1:
