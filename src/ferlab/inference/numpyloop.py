@@ -22,9 +22,9 @@ TTA_MODES = ("none", "flip", "tencrop")
 Forward = Callable[[np.ndarray], np.ndarray]  # float32 (N, 1, 48, 48) -> logits (N, C)
 
 
-def check_tta(tta: str) -> str:
-    if tta not in TTA_MODES:
-        raise FerlabError(f"unknown tta {tta!r} (known: {', '.join(TTA_MODES)})")
+def check_tta(tta: str, known: tuple = TTA_MODES) -> str:
+    if tta not in known:
+        raise FerlabError(f"unknown tta {tta!r} (known: {', '.join(known)})")
     return tta
 
 

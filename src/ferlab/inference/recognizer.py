@@ -51,7 +51,7 @@ from ferlab.errors import FerlabError
 from ferlab.inference.faces import create_detector, crop_faces_for
 from ferlab.inference.images import as_pixels, expand_paths, faces_to_input, load_image, prefetch, safe_load
 from ferlab.labels import check_same_classes
-from ferlab.inference.numpyloop import TTA_MODES
+from ferlab.inference.numpyloop import TTA_MODES, check_tta
 from ferlab.inference.onnxrt import OnnxModel, load_onnx
 from ferlab.spec import CLASSES, card_input, to_model_input
 
@@ -96,8 +96,7 @@ class Recognizer:
     def __init__(self, model="default", detector="auto", device: str = "cpu", batch_size: int = 64, tta: str = "auto",
                  precision: str = "fp32", channels_last: bool = True, classes=None, align: bool = True,
                  backend: str = "auto"):
-        if tta not in RECOGNIZER_TTA:
-            raise FerlabError(f"unknown tta {tta!r} (known: {', '.join(RECOGNIZER_TTA)})")
+        check_tta(tta, RECOGNIZER_TTA)
         if precision not in PRECISIONS:
             raise FerlabError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
         if batch_size < 1:
